@@ -1,0 +1,171 @@
+"""Training speed on this machine: a seed-style loop, this repo's notebook, and the GEMM floor.
+
+    python3 tasks.py bench                 # 5 epochs each (about 2 minutes on 2 CPU cores)
+    python3 tasks.py bench --epochs 20     # also compares the 20-epoch test loss (about 6 minutes)
+
+1. seed-style baseline: the loop a reader writes from the spec (torchvision MNIST + ToTensor,
+   DataLoader(batch_size=128, shuffle=True), Sigmoid decoder, F.binary_cross_entropy + KL, Adam).
+2. this repo: the notebook itself, executed headless with VAE_EPOCHS; seconds per epoch and the
+   test loss are read from the metrics.json it writes, so nothing here can drift from it.
+3. GEMM floor: only the matrix products one epoch needs at batch 128 (forward and both backward
+   products of the seven linear layers, preallocated operands), plus one large square GEMM.
+
+Seconds per epoch are the median over epochs, the first excluded (warm-up). All three run in one
+process, one after another, on the same machine.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+import vae_utils
+
+LAYERS = [(784, 512), (512, 256), (256, 20), (256, 20), (20, 256), (256, 512), (512, 784)]
+
+
+class SeedVAE(nn.Module):
+    """The model as a reader writes it from the spec, Sigmoid output and all."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(784, 512), nn.Linear(512, 256)
+        self.fc_mu, self.fc_log_var = nn.Linear(256, 20), nn.Linear(256, 20)
+        self.fc3, self.fc4, self.fc5 = nn.Linear(20, 256), nn.Linear(256, 512), nn.Linear(512, 784)
+
+    def forward(self, x):
+        h = F.relu(self.fc2(F.relu(self.fc1(x))))
+        mu, log_var = self.fc_mu(h), self.fc_log_var(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var)
+        return torch.sigmoid(self.fc5(F.relu(self.fc4(F.relu(self.fc3(z)))))), mu, log_var
+
+
+def seed_loss(recon, x, mu, log_var):
+    bce = F.binary_cross_entropy(recon, x, reduction="sum")
+    return bce - 0.5 * torch.sum(1 + log_var - mu.pow(2) - log_var.exp())
+
+
+def seed_style(epochs, data_dir):
+    torch.manual_seed(0)
+    train = datasets.MNIST(data_dir, train=True, download=False, transform=transforms.ToTensor())
+    test = datasets.MNIST(data_dir, train=False, download=False, transform=transforms.ToTensor())
+    loader = DataLoader(train, batch_size=128, shuffle=True)
+    model = SeedVAE()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    seconds = []
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        total = 0.0
+        for x, _ in loader:
+            x = x.view(-1, 784)
+            loss = seed_loss(*model(x), x)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+        seconds.append(time.perf_counter() - started)
+        print(f"  seed-style epoch {epoch}: {total / len(train):.2f} train loss, {seconds[-1]:.2f} s", flush=True)
+    model.eval()
+    with torch.no_grad():
+        test_total = sum(seed_loss(*model(x.view(-1, 784)), x.view(-1, 784)).item()
+                         for x, _ in DataLoader(test, batch_size=1000))
+    return seconds, test_total / len(test)
+
+
+def this_repo(epochs, data_dir):
+    with tempfile.TemporaryDirectory() as results:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
+        env.update(VAE_EPOCHS=str(epochs), VAE_RESULTS_DIR=results, VAE_DATA_DIR=str(data_dir),
+                   VAE_IW_SAMPLES="1")
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+                        "--output", str(Path(results) / "executed.ipynb"),
+                        "--ExecutePreprocessor.timeout=3600", "Variational_autoencoder.ipynb"],
+                       cwd=REPO, env=env, check=True, capture_output=True)
+        wall = time.perf_counter() - started
+        metrics = json.loads((Path(results) / "metrics.json").read_text())
+    for row in metrics["epochs"]:
+        print(f"  this repo  epoch {row['epoch']}: {row['train_loss']:.2f} train loss, {row['seconds']:.2f} s")
+    return [row["seconds"] for row in metrics["epochs"]], metrics["test_loss"], wall
+
+
+def gemm_floor(n_train=60_000, batch=128):
+    sizes = [batch] * (n_train // batch) + ([n_train % batch] if n_train % batch else [])
+    operands = {}
+    for b in set(sizes):
+        operands[b] = [(torch.randn(b, i), torch.randn(o, i), torch.randn(b, o),
+                        torch.empty(b, o), torch.empty(b, i), torch.empty(o, i)) for i, o in LAYERS]
+
+    def epoch():
+        for b in sizes:
+            for x, w, grad, y, dx, dw in operands[b]:
+                torch.mm(x, w.t(), out=y)        # forward
+                torch.mm(grad, w, out=dx)        # gradient for the layer's input
+                torch.mm(grad.t(), x, out=dw)    # gradient for the weights
+
+    epoch()
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        epoch()
+        times.append(time.perf_counter() - started)
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    gflops = 10 * 2 * n**3 / (time.perf_counter() - started) / 1e9
+    return statistics.median(times), gflops
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=5, help="epochs for both loops (>= 2; default 5)")
+    parser.add_argument("--data-dir", default=str(REPO / "data"))
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch is excluded as warm-up")
+    data_dir = vae_utils.ensure_mnist(args.data_dir)
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; {args.epochs} epochs each", flush=True)
+    floor_before, gflops = gemm_floor()
+    print("this repo (the notebook, headless) ...", flush=True)
+    ours, ours_loss, ours_wall = this_repo(args.epochs, data_dir)
+    print("seed-style baseline ...", flush=True)
+    base, base_loss = seed_style(args.epochs, data_dir)
+    floor_after, _ = gemm_floor()
+    floor = min(floor_before, floor_after)
+
+    med_ours, med_base = statistics.median(ours[1:]), statistics.median(base[1:])
+    rows = [("seed-style baseline", med_base, base_loss), ("this repo (notebook)", med_ours, ours_loss),
+            ("GEMM floor", floor, None)]
+    print(f"\n| contender | s / epoch | images / s | test loss after {args.epochs} epochs |")
+    print("|---|---:|---:|---:|")
+    for name, sec, loss in rows:
+        print(f"| {name} | {sec:.2f} | {60_000 / sec:,.0f} | {'' if loss is None else f'{loss:.2f}'} |")
+    print(f"\nbaseline / this repo: {med_base / med_ours:.2f}x faster (target >= 3.0)")
+    print(f"this repo / GEMM floor: {med_ours / floor:.2f}x (target <= 1.5)")
+    print(f"test loss, this repo - baseline: {ours_loss - base_loss:+.2f} nats per image (target within 0.5)")
+    print(f"large GEMM (2048^3): {gflops:.0f} GFLOP/s; whole notebook ({args.epochs} epochs, "
+          f"k = 1): {ours_wall:.0f} s wall")
+
+
+if __name__ == "__main__":
+    main()

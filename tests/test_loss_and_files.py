@@ -1,0 +1,182 @@
+"""vae_loss against torch.distributions, and the files the notebook writes."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch.distributions import Bernoulli, ContinuousBernoulli, Normal, kl_divergence
+
+import vae_utils
+
+
+def batch(seed=0, n=16, pixels=784, latent=20):
+    g = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(n, pixels, generator=g)
+    x = torch.rand(n, pixels, generator=g)
+    mu = torch.randn(n, latent, generator=g)
+    log_var = torch.randn(n, latent, generator=g)
+    return logits, x, mu, log_var
+
+
+def test_loss_matches_torch_distributions():
+    logits, x, mu, log_var = batch()
+    total, recon, kl = vae_utils.vae_loss(logits, x, mu, log_var)
+    expected_recon = -Bernoulli(logits=logits, validate_args=False).log_prob(x).sum()
+    posterior = Normal(mu, torch.exp(0.5 * log_var))
+    expected_kl = kl_divergence(posterior, Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum()
+    torch.testing.assert_close(recon, expected_recon, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(kl, expected_kl, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(total, recon + kl)
+
+
+def test_loss_equals_the_spec_sigmoid_plus_bce():
+    logits, x, mu, log_var = batch(seed=1)
+    logits = logits.clamp(-10, 10)  # where sigmoid + log are still exact in float32
+    _, recon, _ = vae_utils.vae_loss(logits, x, mu, log_var)
+    spec = torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits), x, reduction="sum")
+    torch.testing.assert_close(recon, spec, rtol=1e-4, atol=1e-2)
+
+
+def test_kl_is_zero_for_the_prior_itself():
+    logits, x, _, _ = batch()
+    zeros = torch.zeros(16, 20)
+    _, _, kl = vae_utils.vae_loss(logits, x, zeros, zeros)
+    assert kl.item() == 0.0
+
+
+def test_continuous_bernoulli_adds_its_log_normaliser():
+    logits, x, mu, log_var = batch(seed=2)
+    logits = logits.clamp(-5, 5)
+    _, recon, _ = vae_utils.vae_loss(logits, x, mu, log_var, "continuous_bernoulli")
+    lam = torch.sigmoid(logits).double()
+    # C(lambda) = 2 artanh(1 - 2 lambda) / (1 - 2 lambda), the normaliser of Loaiza-Ganem & Cunningham
+    log_norm = torch.log(2 * torch.atanh(1 - 2 * lam) / (1 - 2 * lam))
+    expected = -(x * torch.log(lam) + (1 - x) * torch.log1p(-lam) + log_norm).sum()
+    torch.testing.assert_close(recon.double(), expected, rtol=1e-4, atol=1e-2)
+    torch.testing.assert_close(
+        recon, -ContinuousBernoulli(logits=logits, validate_args=False).log_prob(x).sum(), rtol=1e-5, atol=1e-2
+    )
+
+
+@pytest.mark.parametrize(
+    ("shapes", "words"),
+    [
+        (((16, 784), (16, 28, 28), (16, 20), (16, 20)), "Flatten images"),
+        (((16, 784), (16, 784), (16, 20), (16, 10)), "mu and log_var"),
+        (((16, 784), (16, 784), (8, 20), (8, 20)), "batch of x"),
+    ],
+)
+def test_wrong_shapes_raise_a_clear_error(shapes, words):
+    tensors = [torch.zeros(s) for s in shapes]
+    with pytest.raises(ValueError, match=words):
+        vae_utils.vae_loss(*tensors)
+
+
+def test_unknown_likelihood_is_refused():
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        vae_utils.vae_loss(*batch(), likelihood="gaussian")
+
+
+def test_save_grid_writes_an_8x8_png(tmp_path):
+    path = vae_utils.save_grid(torch.rand(64, 784), tmp_path / "samples.png")
+    with Image.open(path) as image:
+        assert image.size == (242, 242)  # 8 x 28 pixels + 9 x 2 of padding
+    assert [p.name for p in tmp_path.iterdir()] == ["samples.png"]  # no temporary file left
+
+
+def test_save_grid_rejects_images_of_the_wrong_shape(tmp_path):
+    with pytest.raises(ValueError, match=r"\(N, 784\)"):
+        vae_utils.save_grid(torch.rand(64, 100), tmp_path / "x.png")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = vae_utils.save_grid(torch.rand(4, 784), tmp_path / "samples.png")
+    before = path.read_bytes()
+
+    def broken_save_image(tensor, fp, **kwargs):
+        Path(fp).write_bytes(b"half a png")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("torchvision.utils.save_image", broken_save_image)
+    with pytest.raises(OSError, match="disk full"):
+        vae_utils.save_grid(torch.rand(4, 784), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["samples.png"]
+
+
+# ---- evaluation -----------------------------------------------------------------------------
+def tiny_vae(seed=0, latent=4, pixels=784):
+    g = torch.Generator().manual_seed(seed)
+    enc = torch.randn(pixels, 2 * latent, generator=g) * 0.05
+    dec = torch.randn(latent, pixels, generator=g)
+
+    def encode(x):
+        h = x @ enc
+        return h[:, :latent], h[:, latent:] - 1.0
+
+    def decode_logits(z):
+        return z @ dec
+
+    return encode, decode_logits
+
+
+def test_iw_bound_with_one_sample_is_the_elbo_for_the_same_noise():
+    encode, decode_logits = tiny_vae()
+    x = torch.rand(32, 784, generator=torch.Generator().manual_seed(3))
+    bound = vae_utils.importance_weighted_bound(encode, decode_logits, x, 1,
+                                                generator=torch.Generator().manual_seed(7))
+    # The same noise, by hand: log p(x|z) + log p(z) - log q(z|x) with closed-form densities.
+    mu, log_var = encode(x)
+    eps = torch.randn((1, *mu.shape), generator=torch.Generator().manual_seed(7))[0]
+    z = mu + eps * torch.exp(0.5 * log_var)
+    p = torch.sigmoid(decode_logits(z)).double()
+    log_px_z = (x * torch.log(p) + (1 - x) * torch.log1p(-p)).sum(-1)
+    log_pz = (-0.5 * z.double() ** 2 - 0.5 * math.log(2 * math.pi)).sum(-1)
+    log_qz = (-0.5 * eps.double() ** 2 - 0.5 * log_var.double() - 0.5 * math.log(2 * math.pi)).sum(-1)
+    torch.testing.assert_close(bound.double(), log_px_z + log_pz - log_qz, rtol=1e-4, atol=1e-2)
+
+
+def test_iw_bound_with_one_sample_averages_to_minus_the_loss():
+    encode, decode_logits = tiny_vae()
+    x = torch.rand(8, 784, generator=torch.Generator().manual_seed(4))
+    x = x.repeat(500, 1)  # many draws per image
+    bound = vae_utils.importance_weighted_bound(encode, decode_logits, x, 1,
+                                                generator=torch.Generator().manual_seed(0))
+    mu, log_var = encode(x[:8])
+    # ELBO with the analytic KL, averaged over the same 8 images (reconstruction by Monte Carlo)
+    logits = decode_logits(mu.repeat(500, 1) + torch.randn(4000, 4, generator=torch.Generator().manual_seed(1))
+                           * torch.exp(0.5 * log_var.repeat(500, 1)))
+    total, _, _ = vae_utils.vae_loss(logits, x, mu.repeat(500, 1), log_var.repeat(500, 1))
+    assert abs(bound.mean().item() - (-total.item() / len(x))) < 3 * bound.std().item() / math.sqrt(len(x)) + 0.5
+
+
+def test_iw_bound_grows_with_k():
+    encode, decode_logits = tiny_vae(seed=5)
+    x = torch.rand(64, 784, generator=torch.Generator().manual_seed(6))
+    means = [vae_utils.importance_weighted_bound(encode, decode_logits, x, k,
+                                                 generator=torch.Generator().manual_seed(k)).mean().item()
+             for k in (1, 10, 100)]
+    assert means[0] < means[1] < means[2], means
+
+
+def test_active_units_counts_only_dimensions_that_vary():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 10, generator=g)
+    weights = torch.zeros(10, 8)
+    weights[0, 1] = 1.0   # variance about 1
+    weights[3, 4] = 0.3   # variance about 0.09
+    weights[5, 6] = 0.03  # variance about 0.0009: below the 0.01 threshold
+    mu = x @ weights + 2.0  # an offset is not variation
+    assert vae_utils.active_units(mu) == 2
+    assert vae_utils.active_units(mu, threshold=0.0001) == 3
+
+
+def test_kl_per_dimension_sums_to_the_kl():
+    _, _, mu, log_var = batch()
+    per_dim = vae_utils.kl_per_dimension(mu, log_var)
+    _, _, kl = vae_utils.vae_loss(*batch())
+    assert per_dim.shape == (20,)
+    torch.testing.assert_close(per_dim.sum() * len(mu), kl, rtol=1e-5, atol=1e-3)
