@@ -54,7 +54,7 @@ class SeedVAE(nn.Module):
         return torch.sigmoid(self.fc5(F.relu(self.fc4(F.relu(self.fc3(z)))))), mu, log_var
 
 
-def seed_loss(recon, x, mu, log_var):
+def seed_loss(recon, mu, log_var, x):
     bce = F.binary_cross_entropy(recon, x, reduction="sum")
     return bce - 0.5 * torch.sum(1 + log_var - mu.pow(2) - log_var.exp())
 
