@@ -26,6 +26,16 @@ def pytest_unconfigure(config):
     shutil.rmtree(os.environ.get("VAE_RESULTS_DIR", ""), ignore_errors=True)
 
 
+class RunsCode:
+    """Pickles to a call of os.system: loading it with plain pickle would run a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 @pytest.fixture(scope="session")
 def mnist_root():
     """The real, verified MNIST (fetched once if needed, like the notebook does)."""

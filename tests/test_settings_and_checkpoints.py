@@ -1,9 +1,9 @@
 """Settings are checked before any work; checkpoints are loaded safely or refused clearly."""
 
-import os
 
 import pytest
 import torch
+from conftest import RunsCode
 
 import vae_utils
 
@@ -82,14 +82,6 @@ def test_a_checkpoint_past_the_requested_epochs_is_refused(tmp_path):
     path = vae_utils.save_checkpoint(tmp_path / "checkpoint.pt", checkpoint_state(load()))
     with pytest.raises(vae_utils.CheckpointError, match="set VAE_EPOCHS to at least 3"):
         vae_utils.load_checkpoint(path, load(VAE_EPOCHS="2"))
-
-
-class RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_a_tampered_checkpoint_is_refused_and_runs_no_code(tmp_path):
