@@ -578,8 +578,12 @@ def load_checkpoint(path, settings, map_location="cpu") -> dict:
 # --------------------------------------------------------------------------------------------
 # Provenance
 # --------------------------------------------------------------------------------------------
-def provenance(device) -> dict:
-    """What produced a run: versions, device, threads and the git commit of this folder."""
+def provenance(device, results_dir=None) -> dict:
+    """What produced a run: versions, device, threads and the git commit of this folder.
+
+    `git_dirty` says whether tracked files differ from that commit, not counting `results_dir`
+    (the run's own output).
+    """
     import torchvision
 
     here = Path(__file__).resolve().parent
@@ -592,6 +596,9 @@ def provenance(device) -> dict:
             return None
 
     commit = git("rev-parse", "HEAD")
+    status = ["status", "--porcelain", "--untracked-files=no", "--", "."]
+    if results_dir is not None:
+        status.append(f":(exclude){Path(results_dir).resolve()}")
     return {
         "device": str(device),
         "cpu": platform.processor() or platform.machine(),
@@ -600,5 +607,5 @@ def provenance(device) -> dict:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "git_commit": commit,
-        "git_dirty": None if commit is None else bool(git("status", "--porcelain", "--untracked-files=no")),
+        "git_dirty": None if commit is None else bool(git(*status)),
     }
