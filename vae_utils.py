@@ -420,6 +420,12 @@ def _check_shapes(logits, x, mu, log_var):
         )
 
 
+def _check_likelihood(likelihood):
+    problem = _check_setting("likelihood", likelihood)
+    if problem:
+        raise ValueError(problem)
+
+
 def reconstruction_nll(logits, x, likelihood="bernoulli"):
     """-log p(x | z) per image, from the decoder's logits (the images are sigmoid(logits)).
 
@@ -427,14 +433,9 @@ def reconstruction_nll(logits, x, likelihood="bernoulli"):
     pixels (the spec's loss); continuous_bernoulli: `ContinuousBernoulli`, a proper density on
     [0, 1] (Loaiza-Ganem & Cunningham 2019).
     """
-    if likelihood == "continuous_bernoulli":
-        density = ContinuousBernoulli(logits=logits, validate_args=False)
-    elif likelihood in LIKELIHOODS:
-        density = Bernoulli(logits=logits, validate_args=False)
-    else:
-        raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {likelihood!r}")
-    nll = -density.log_prob(x).sum(-1)
-    return nll
+    _check_likelihood(likelihood)
+    density = (ContinuousBernoulli if likelihood == "continuous_bernoulli" else Bernoulli)
+    return -density(logits=logits, validate_args=False).log_prob(x).sum(-1)
 
 
 def vae_loss(logits, x, mu, log_var, likelihood="bernoulli"):
@@ -444,12 +445,11 @@ def vae_loss(logits, x, mu, log_var, likelihood="bernoulli"):
     kl = -0.5 * sum(1 + log_var - mu^2 - exp(log_var)) = KL(q(z|x) || N(0, I))
     """
     _check_shapes(logits, x, mu, log_var)
+    _check_likelihood(likelihood)
     if likelihood == "continuous_bernoulli":
         recon = reconstruction_nll(logits, x, likelihood).sum()
-    elif likelihood in LIKELIHOODS:
-        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
     else:
-        raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {likelihood!r}")
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
     kl = -0.5 * torch.sum(1 + log_var - mu.pow(2) - log_var.exp())
     return recon + kl, recon, kl
 

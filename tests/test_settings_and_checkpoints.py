@@ -1,6 +1,5 @@
 """Settings are checked before any work; checkpoints are loaded safely or refused clearly."""
 
-
 import pytest
 import torch
 from conftest import RunsCode
