@@ -1,32 +1,49 @@
 #!/usr/bin/env python3
 """Set up and run this repo with nothing but Python 3.
 
-    python3 tasks.py run     # execute the whole notebook headless, in place (writes results/)
-    python3 tasks.py test    # lint, then the notebook under nbval and the unit tests
-    python3 tasks.py bench   # the training-speed benchmark (benchmarks/benchmark.py)
-    python3 tasks.py lab     # open the notebook in Jupyter
+    python3 tasks.py run             # the whole notebook, headless (the spec's run: in place, results/)
+    python3 tasks.py test            # ruff, then the notebook under nbval and every test
+    python3 tasks.py test --fast     # the quick tier (no notebook runs), for the inner loop
+    python3 tasks.py study NAME      # run a study (seeds, likelihoods, latent_sizes) into results/studies/
+    python3 tasks.py tables          # print README's result tables from the committed metrics.json files
+    python3 tasks.py bench           # the training-speed benchmark (benchmarks/benchmark.py)
+    python3 tasks.py format          # ruff format and ruff check --fix
+    python3 tasks.py lab             # open the notebook in Jupyter
 
-Every task first makes sure a virtual environment (`.venv`, or $VENV_DIR) holds
-requirements.txt; it is created or updated only when requirements.txt changed. Extra arguments
-after `test` or `bench` go to pytest or the benchmark.
+Settings come from VAE_* environment variables (README lists them): `VAE_EPOCHS=2 python3 tasks.py run`
+is an experiment and writes to runs/<name>/, never to the committed notebook or results/.
+Every task first makes sure a virtual environment (`.venv`, or $VENV_DIR) holds requirements.txt;
+it is created or updated only when requirements.txt changed. Extra arguments go to pytest or the
+benchmark.
 """
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("VENV_DIR", REPO / ".venv"))
-NOTEBOOK = "Variational_autoencoder.ipynb"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+PATH_SETTINGS = ("VAE_DATA_DIR", "VAE_RESULTS_DIR", "VAE_WEIGHTS")
 
 
-def sh(*cmd):
-    print("+", " ".join(str(c) for c in cmd), flush=True)
-    code = subprocess.call([str(c) for c in cmd], cwd=REPO)
+def sh(*cmd, echo=True):
+    """Run a command in the repo; its exit status becomes ours. Ctrl-C is left to the command."""
+    if echo:
+        print("+", " ".join(str(c) for c in cmd), flush=True)
+    env = dict(os.environ)
+    for key in PATH_SETTINGS:  # paths are meant from where the user stands, not from the repo
+        if env.get(key):
+            env[key] = str(Path(env[key]).expanduser().resolve())
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = subprocess.call([str(c) for c in cmd], cwd=REPO, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if code:
         sys.exit(code)
 
@@ -41,32 +58,59 @@ def setup():
     if not PYTHON.exists():
         print(f"creating a virtual environment in {VENV}", flush=True)
         if subprocess.call([sys.executable, "-m", "venv", str(VENV)]):
-            sys.exit("Could not create the virtual environment. On Debian or Ubuntu install the "
-                     "venv module first: sudo apt install python3-venv")
+            sys.exit(
+                "Could not create the virtual environment. On Debian or Ubuntu install the "
+                "venv module first: sudo apt install python3-venv"
+            )
     sh(PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "-q", "-r", requirements)
     stamp.write_text(digest + "\n")
 
 
 def run(args):
-    sh(PYTHON, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
-       "--ExecutePreprocessor.timeout=7200", "--ExecutePreprocessor.record_timing=False",
-       *args, NOTEBOOK)
+    sh(PYTHON, "headless.py", *args, echo=False)
 
 
 def test(args):
     sh(PYTHON, "-m", "ruff", "check", ".")
-    sh(PYTHON, "-m", "pytest", "--nbval", "--nbval-current-env", NOTEBOOK, "tests", *args)
+    sh(PYTHON, "-m", "ruff", "format", "--check", ".")
+    if "--fast" in args:
+        args = [a for a in args if a != "--fast"]
+        sh(PYTHON, "-m", "pytest", "-m", "not slow", *args)
+    else:
+        sh(PYTHON, "-m", "pytest", "--nbval", "--nbval-current-env", "Variational_autoencoder.ipynb", "tests", *args)
+
+
+def study(args):
+    sh(PYTHON, "studies.py", *args, echo=False)
+
+
+def tables(args):
+    sh(PYTHON, "studies.py", "--tables", *args, echo=False)
 
 
 def bench(args):
-    sh(PYTHON, "benchmarks/benchmark.py", *args)
+    sh(PYTHON, "-m", "benchmarks.benchmark", *args)
+
+
+def format_(args):
+    sh(PYTHON, "-m", "ruff", "format", ".")
+    sh(PYTHON, "-m", "ruff", "check", "--fix", ".")
 
 
 def lab(args):
-    sh(PYTHON, "-m", "jupyter", "lab", NOTEBOOK, *args)
+    sh(PYTHON, "-m", "jupyter", "lab", "Variational_autoencoder.ipynb", *args)
 
 
-TASKS = {"run": run, "test": test, "bench": bench, "lab": lab, "setup": lambda args: None}
+TASKS = {
+    "run": run,
+    "test": test,
+    "study": study,
+    "tables": tables,
+    "bench": bench,
+    "format": format_,
+    "lab": lab,
+    "setup": lambda args: None,
+}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in TASKS:

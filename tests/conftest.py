@@ -1,23 +1,26 @@
-"""Shared fixtures. Tests never write into the repo: results go to temporary folders."""
+"""Shared fixtures. Tests never write into the repo: every run goes to a temporary folder."""
 
 import os
 import shutil
-import sys
+import subprocess
 import tempfile
 from pathlib import Path
 
+import nbclient
+import nbformat
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import mnist_data
 
-import vae_utils
+REPO = Path(__file__).resolve().parent.parent
+# Small notebook runs: a subset of MNIST, a cheap bound. Enough to exercise every cell.
+QUICK = {"VAE_TRAIN_SIZE": "1536", "VAE_TEST_SIZE": "256", "VAE_IW_SAMPLES": "2"}
 
 
 def pytest_configure(config):
     # The notebook under nbval (and every kernel a test starts) runs the spec's defaults; only the
-    # data folder may be chosen by the caller. Results go to a temporary folder, not results/.
-    for key in [k for k in os.environ if k.startswith("VAE_") and k != "VAE_DATA_DIR"]:
+    # data folder and the device may be chosen by the caller. Results go to a temporary folder.
+    for key in [k for k in os.environ if k.startswith("VAE_") and k not in ("VAE_DATA_DIR", "VAE_DEVICE")]:
         del os.environ[key]
     os.environ["VAE_RESULTS_DIR"] = tempfile.mkdtemp(prefix="vae-test-results-")
 
@@ -40,16 +43,36 @@ class RunsCode:
 def mnist_root():
     """The real, verified MNIST (fetched once if needed, like the notebook does)."""
     root = Path(os.environ.get("VAE_DATA_DIR", REPO / "data"))
-    if not root.is_absolute():
-        root = REPO / root
-    return vae_utils.ensure_mnist(root)
+    return mnist_data.ensure_mnist(root if root.is_absolute() else REPO / root)
 
 
 @pytest.fixture()
 def mnist_copy(mnist_root, tmp_path):
     """A private copy of the four verified raw files, for tests that damage them."""
-    raw = tmp_path / "MNIST" / "raw"
+    raw = mnist_data.raw_folder(tmp_path)
     raw.mkdir(parents=True)
-    for name in vae_utils.MNIST_MD5:
-        shutil.copy(mnist_root / "MNIST" / "raw" / name, raw / name)
+    for name in mnist_data.MNIST_MD5:
+        shutil.copy(mnist_data.raw_folder(mnist_root) / name, raw / name)
     return tmp_path
+
+
+@pytest.fixture()
+def quick_env(mnist_root):
+    """The environment of a small run: QUICK settings, the verified data, no other VAE_* variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
+    return {**env, **QUICK, "VAE_DATA_DIR": str(mnist_root)}
+
+
+def run_notebook(env, results, **settings):
+    """Execute the notebook in a fresh kernel with `env` + settings into `results`; return it."""
+    env = {**env, **{f"VAE_{k.upper()}": str(v) for k, v in settings.items()}, "VAE_RESULTS_DIR": str(results)}
+    nb = nbformat.read(REPO / "Variational_autoencoder.ipynb", as_version=4)
+    nbclient.NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(REPO)}}).execute(env=env)
+    return nb
+
+
+def tasks(*args, env, cwd=REPO, timeout=900):
+    """`python3 tasks.py ARGS` as a user runs it; returns the finished process (text output)."""
+    return subprocess.run(
+        ["python3", "tasks.py", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )

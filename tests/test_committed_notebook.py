@@ -3,6 +3,7 @@
 import json
 
 import nbformat
+
 from conftest import REPO
 
 NOTEBOOK = REPO / "Variational_autoencoder.ipynb"

@@ -1,5 +1,6 @@
-"""vae_loss against torch.distributions, and the files the notebook writes."""
+"""vae_utils: the loss and the bounds against torch.distributions, the grids and the safe writes."""
 
+import errno
 import math
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def test_wrong_shapes_raise_a_clear_error(shapes, words):
         vae_utils.vae_loss(*tensors)
 
 
-def test_unknown_likelihood_is_refused():
+def test_an_unknown_likelihood_is_refused():
     with pytest.raises(ValueError, match="likelihood must be one of"):
         vae_utils.vae_loss(*batch(), likelihood="gaussian")
 
@@ -126,8 +127,7 @@ def tiny_vae(seed=0, latent=4, pixels=784):
 def test_iw_bound_with_one_sample_is_the_elbo_for_the_same_noise():
     encode, decode_logits = tiny_vae()
     x = torch.rand(32, 784, generator=torch.Generator().manual_seed(3))
-    bound = vae_utils.importance_weighted_bound(encode, decode_logits, x, 1,
-                                                generator=torch.Generator().manual_seed(7))
+    bound = vae_utils.importance_weighted_bound(encode, decode_logits, x, 1, generator=torch.Generator().manual_seed(7))
     # The same noise, by hand: log p(x|z) + log p(z) - log q(z|x) with closed-form densities.
     mu, log_var = encode(x)
     eps = torch.randn((1, *mu.shape), generator=torch.Generator().manual_seed(7))[0]
@@ -143,12 +143,13 @@ def test_iw_bound_with_one_sample_averages_to_minus_the_loss():
     encode, decode_logits = tiny_vae()
     x = torch.rand(8, 784, generator=torch.Generator().manual_seed(4))
     x = x.repeat(500, 1)  # many draws per image
-    bound = vae_utils.importance_weighted_bound(encode, decode_logits, x, 1,
-                                                generator=torch.Generator().manual_seed(0))
+    bound = vae_utils.importance_weighted_bound(encode, decode_logits, x, 1, generator=torch.Generator().manual_seed(0))
     mu, log_var = encode(x[:8])
     # ELBO with the analytic KL, averaged over the same 8 images (reconstruction by Monte Carlo)
-    logits = decode_logits(mu.repeat(500, 1) + torch.randn(4000, 4, generator=torch.Generator().manual_seed(1))
-                           * torch.exp(0.5 * log_var.repeat(500, 1)))
+    logits = decode_logits(
+        mu.repeat(500, 1)
+        + torch.randn(4000, 4, generator=torch.Generator().manual_seed(1)) * torch.exp(0.5 * log_var.repeat(500, 1))
+    )
     total, _, _ = vae_utils.vae_loss(logits, x, mu.repeat(500, 1), log_var.repeat(500, 1))
     assert abs(bound.mean().item() - (-total.item() / len(x))) < 3 * bound.std().item() / math.sqrt(len(x)) + 0.5
 
@@ -156,9 +157,12 @@ def test_iw_bound_with_one_sample_averages_to_minus_the_loss():
 def test_iw_bound_grows_with_k():
     encode, decode_logits = tiny_vae(seed=5)
     x = torch.rand(64, 784, generator=torch.Generator().manual_seed(6))
-    means = [vae_utils.importance_weighted_bound(encode, decode_logits, x, k,
-                                                 generator=torch.Generator().manual_seed(k)).mean().item()
-             for k in (1, 10, 100)]
+    means = [
+        vae_utils.importance_weighted_bound(encode, decode_logits, x, k, generator=torch.Generator().manual_seed(k))
+        .mean()
+        .item()
+        for k in (1, 10, 100)
+    ]
     assert means[0] < means[1] < means[2], means
 
 
@@ -166,8 +170,8 @@ def test_active_units_counts_only_dimensions_that_vary():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1000, 10, generator=g)
     weights = torch.zeros(10, 8)
-    weights[0, 1] = 1.0   # variance about 1
-    weights[3, 4] = 0.3   # variance about 0.09
+    weights[0, 1] = 1.0  # variance about 1
+    weights[3, 4] = 0.3  # variance about 0.09
     weights[5, 6] = 0.03  # variance about 0.0009: below the 0.01 threshold
     mu = x @ weights + 2.0  # an offset is not variation
     assert vae_utils.active_units(mu) == 2
@@ -180,3 +184,50 @@ def test_kl_per_dimension_sums_to_the_kl():
     _, _, kl = vae_utils.vae_loss(*batch())
     assert per_dim.shape == (20,)
     torch.testing.assert_close(per_dim.sum() * len(mu), kl, rtol=1e-5, atol=1e-3)
+
+
+def test_the_kl_term_is_one_function_checked_against_torch_distributions():
+    _, _, mu, log_var = batch(seed=3)
+    posterior = Normal(mu, torch.exp(0.5 * log_var))
+    expected = kl_divergence(posterior, Normal(torch.zeros_like(mu), torch.ones_like(mu)))
+    torch.testing.assert_close(vae_utils.kl_to_standard_normal(mu, log_var), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_reconstruction_term_is_bernoulli_log_prob_per_pixel():
+    logits, x, _, _ = batch(seed=4)
+    expected = -Bernoulli(logits=logits, validate_args=False).log_prob(x)
+    torch.testing.assert_close(vae_utils.reconstruction_nll(logits, x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(vae_utils.reconstruction_nll(logits, x, "binarized"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_stale_temporary_file_from_a_killed_write_is_removed_by_the_next_write(tmp_path):
+    stale = tmp_path / ".samples.png.abc123.tmp"
+    stale.write_bytes(b"half a png, left by a killed run")
+    vae_utils.save_grid(torch.rand(4, 784), tmp_path / "samples.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples.png"]
+
+
+def test_a_full_disk_names_the_file_and_says_there_is_no_space_left(tmp_path, monkeypatch):
+    def no_space(tensor, fp, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("torchvision.utils.save_image", no_space)
+    with pytest.raises(OSError, match=r"No space left on the device to write .*samples\.png"):
+        vae_utils.save_grid(torch.rand(4, 784), tmp_path / "samples.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_manifold_grid_is_the_normal_icdf_of_a_regular_grid_in_the_open_unit_square():
+    z = vae_utils.manifold_grid(20)
+    u = (torch.arange(20) + 0.5) / 20
+    quantiles = Normal(0.0, 1.0).icdf(u)
+    assert z.shape == (400, 2)
+    torch.testing.assert_close(z[:20, 0], quantiles)  # z_1 rises along a row
+    torch.testing.assert_close(z[::20, 1], quantiles.flip(0))  # z_2 falls from the top row down
+    assert torch.isfinite(z).all() and (u > 0).all() and (u < 1).all()
+
+
+def test_the_manifold_image_has_20_by_20_tiles(tmp_path):
+    path = vae_utils.save_grid(torch.rand(400, 784), tmp_path / "manifold.png", nrow=20)
+    with Image.open(path) as image:
+        assert image.size == (20 * 28 + 21 * 2, 20 * 28 + 21 * 2)
