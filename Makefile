@@ -1,4 +1,8 @@
 # Shortcuts for tasks.py, which needs only Python 3 (make is optional).
-.PHONY: run test bench lab setup
-run test bench lab setup:
+.PHONY: run test fast lint study tables bench format lab setup
+run test lint tables bench format lab setup:
 	python3 tasks.py $@
+fast:
+	python3 tasks.py test --fast
+study:
+	python3 tasks.py study $(NAME)

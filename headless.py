@@ -20,6 +20,7 @@ import nbclient
 import nbformat
 
 import run_support
+from vae_utils import atomic_path
 
 NOTEBOOK = run_support.REPO / "Variational_autoencoder.ipynb"
 EXIT_SETTINGS, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -73,19 +74,32 @@ def section_of(nb, cell_index) -> str:
 
 
 def write_notebook(nb, path: Path):
-    from vae_utils import atomic_path
-
     with atomic_path(path) as tmp:
         nbformat.write(nb, tmp)
 
 
-def execute(environ, output: Path, failed_output: Path, echo=None) -> Path:
-    """Execute the notebook with `environ`; write it to `output` (or, failed, `failed_output`).
+def destinations(settings) -> tuple:
+    """Where the executed notebook goes: (when it finishes, when it fails)."""
+    if settings.results_dir == str(run_support.RECORD):  # the spec's run: in place, never half-written
+        return NOTEBOOK, run_support.REPO / run_support.RUNS / "failed-spec-run.ipynb"
+    executed = run_support.REPO / settings.results_dir / NOTEBOOK.name
+    return executed, executed
 
-    Raises RunFailed with a one-line message when the notebook fails or is interrupted.
+
+def execute(environ, echo=None) -> Path:
+    """Check the settings in `environ`, then execute the notebook with them; return where it went.
+
+    Raises SettingsError or CheckpointError before a kernel starts, and RunFailed with a one-line
+    message when the notebook fails or is interrupted.
     """
     echo = echo or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
-    results = run_support.REPO / run_support.load_settings(environ).results_dir  # refuses bad settings now
+    settings = run_support.load_settings(environ)
+    output, failed_output = destinations(settings)
+    results = run_support.REPO / settings.results_dir
+    if output == NOTEBOOK:
+        echo(f"the spec's run: the notebook in place, results in {settings.results_dir}/\n")
+    else:
+        echo(f"an experiment ({run_support.run_name(settings)}): everything goes to {settings.results_dir}/\n")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = LiveClient(
         nb,
@@ -102,7 +116,7 @@ def execute(environ, output: Path, failed_output: Path, echo=None) -> Path:
         write_notebook(nb, failed_output)
         if client.interrupted or error.ename == "KeyboardInterrupt":
             raise RunFailed(_interrupted_message(results), EXIT_INTERRUPTED) from None
-        where = f"cell {client.cell_index} ({client.section})"
+        where = f"code cell [{nb.cells[client.cell_index].execution_count}] ({client.section})"
         raise RunFailed(
             f"{error.ename}: {error.evalue}\n  in {where}; the executed notebook: {failed_output}"
         ) from None
@@ -126,27 +140,13 @@ def _interrupted_message(results: Path) -> str:
     )
 
 
-def run(environ=None) -> Path:
-    """`python3 tasks.py run`: check the settings, then execute the notebook into its place."""
-    environ = dict(os.environ if environ is None else environ)
-    settings = run_support.load_settings(environ)
-    if settings.results_dir == str(run_support.RECORD):
-        output, failed = NOTEBOOK, run_support.REPO / run_support.RUNS / "failed-spec-run.ipynb"
-        print(f"the spec's run: the notebook in place, results in {settings.results_dir}/", flush=True)
-    else:
-        output = failed = run_support.REPO / settings.results_dir / NOTEBOOK.name
-        name = run_support.run_name(settings)
-        print(f"an experiment ({name}): everything goes to {settings.results_dir}/", flush=True)
-    execute(environ, output, failed)
-    print(f"done: {output}", flush=True)
-    return output
-
-
 def main():
+    """`python3 tasks.py run`: the settings come from the VAE_* environment variables."""
     try:
-        run()
+        print(f"done: {execute(os.environ)}", flush=True)
     except (run_support.SettingsError, run_support.CheckpointError) as error:
-        sys.exit(f"error: {type(error).__name__}: {error}")
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        sys.exit(EXIT_SETTINGS)
     except RunFailed as error:
         print(f"error: {error}" if error.code != EXIT_INTERRUPTED else str(error), file=sys.stderr)
         sys.exit(error.code)

@@ -12,6 +12,7 @@
 * provenance  -- `provenance`: versions, device and git state, or `null` with the reason.
 """
 
+import io
 import json
 import math
 import os
@@ -42,94 +43,68 @@ class SettingsError(ValueError):
 class Setting:
     default: object
     accepts: str  # what the setting accepts, in words
-    check: Callable = lambda value: True
-    changes_numbers: bool = False  # another value is an experiment, not the spec run
-    help: str = ""
+    check: Callable  # value -> bool
+    changes_numbers: bool  # another value is an experiment, not the spec's run
+    help: str  # what it does
 
 
 def _whole(low, high=None):
     return lambda value: low <= value and (high is None or value <= high)
 
 
-SETTINGS = {
-    "seed": Setting(
-        0,
-        "a whole number from 0 to 2**63 - 1",
-        _whole(0, 2**63 - 1),
-        True,
-        "seeds the initial weights and the training generator",
-    ),
+def _any(value):
+    return True
+
+
+# fmt: off
+SETTINGS = {  # name: Setting(default, what it accepts, its check, changes the numbers?, what it does)
+    "seed": Setting(0, "a whole number from 0 to 2**63 - 1", _whole(0, 2**63 - 1), True,
+                    "seeds the initial weights and the training generator"),
     "epochs": Setting(20, "a whole number >= 1", _whole(1), True, "epochs of training (with resume: the total)"),
     "batch_size": Setting(128, "a whole number >= 1", _whole(1), True, "mini-batch size"),
-    "lr": Setting(
-        1e-3,
-        "a number > 0 and <= 0.01 (0.03 and more diverge within the first batches)",
-        lambda v: math.isfinite(v) and 0 < v <= 0.01,
-        True,
-        "Adam learning rate",
-    ),
-    "latent_dim": Setting(
-        20, "a whole number from 2 to 784 (the figures need two dimensions)", _whole(2, 784), True, "size of z"
-    ),
-    "likelihood": Setting(
-        "bernoulli",
-        "one of " + ", ".join(LIKELIHOODS),
-        lambda v: v in LIKELIHOODS,
-        True,
-        "`bernoulli` (the spec), `continuous_bernoulli`, `binarized`",
-    ),
-    "iw_samples": Setting(
-        50,
-        "a whole number from 1 to 10000",
-        _whole(1, 10_000),
-        True,
-        "k of the importance-weighted bound; `5000` is the paper's (minutes on a CPU)",
-    ),
-    "train_size": Setting(
-        60_000,
-        "a whole number from 1 to 60000 (the MNIST training set)",
-        _whole(1, 60_000),
-        True,
-        "train on the first N images",
-    ),
-    "test_size": Setting(
-        10_000,
-        "a whole number from 6 to 10000 (the figures use 6 test digits)",
-        _whole(6, 10_000),
-        True,
-        "evaluate on the first N test images",
-    ),
-    "weights": Setting(
-        "",
-        "the path of a weights file written by a run (vae.pt), or nothing",
-        changes_numbers=True,
-        help="skip training: evaluate and draw from these weights",
-    ),
-    "device": Setting(
-        "auto",
-        "auto, cpu, cuda, cuda:N or mps",
-        lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
-        help="`auto` picks CUDA, then MPS, then the CPU",
-    ),
-    "deterministic": Setting(
-        False, "1/0, true/false, yes/no", help="`torch.use_deterministic_algorithms` (GPUs; CPU runs are already)"
-    ),
-    "name": Setting(
-        "",
-        "a folder name: letters, digits and . _ = , -",
-        lambda v: v == "" or (re.fullmatch(r"[\w.=,-]+", v) is not None and v not in {".", ".."}),
-        help="the run's folder under `runs/` (default: made from the settings)",
-    ),
-    "results_dir": Setting("", "a folder you can write to", help="where the run writes (overrides the name)"),
-    "data_dir": Setting(
-        "data", "a folder that holds, or can hold, MNIST/raw", lambda v: v != "", help="where `MNIST/raw` lives"
-    ),
-    "resume": Setting(
-        False, "1/0, true/false, yes/no", help="`1` continues the run from `checkpoint.pt` in its folder"
-    ),
+    "lr": Setting(1e-3, "a number > 0 and <= 0.01 (0.03 and more diverge within the first batches)",
+                  lambda v: math.isfinite(v) and 0 < v <= 0.01, True, "Adam learning rate"),
+    "latent_dim": Setting(20, "a whole number from 2 to 784 (the figures need two dimensions)", _whole(2, 784),
+                          True, "size of z"),
+    "likelihood": Setting("bernoulli", "one of " + ", ".join(LIKELIHOODS), lambda v: v in LIKELIHOODS, True,
+                          "`bernoulli` (the spec), `continuous_bernoulli`, `binarized`"),
+    "iw_samples": Setting(50, "a whole number from 1 to 10000", _whole(1, 10_000), True,
+                          "k of the importance-weighted bound; `5000` is the paper's (minutes on a CPU)"),
+    "train_size": Setting(60_000, "a whole number from 1 to 60000 (the MNIST training set)", _whole(1, 60_000),
+                          True, "train on the first N images"),
+    "test_size": Setting(10_000, "a whole number from 6 to 10000 (the figures use 6 test digits)",
+                         _whole(6, 10_000), True, "evaluate on the first N test images"),
+    "weights": Setting("", "the path of a weights file written by a run (vae.pt), or nothing", _any, True,
+                       "skip training: evaluate and draw from these weights"),
+    "device": Setting("auto", "auto, cpu, cuda, cuda:N or mps",
+                      lambda v: bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)), False,
+                      "`auto` picks CUDA, then MPS, then the CPU"),
+    "deterministic": Setting(False, "1/0, true/false, yes/no", _any, False,
+                             "`torch.use_deterministic_algorithms` (GPUs; CPU runs are already)"),
+    "name": Setting("", "a folder name: letters, digits and . _ = , -",
+                    lambda v: v == "" or (bool(re.fullmatch(r"[\w.=,-]+", v)) and v not in {".", ".."}), False,
+                    "the run's folder under `runs/` (default: made from the settings)"),
+    "results_dir": Setting("", "a folder you can write to", _any, False, "where the run writes (overrides the name)"),
+    "data_dir": Setting("data", "a folder that holds, or can hold, MNIST/raw", lambda v: v != "", False,
+                        "where `MNIST/raw` lives"),
+    "resume": Setting(False, "1/0, true/false, yes/no", _any, False,
+                      "`1` continues the run from `checkpoint.pt` in its folder"),
 }
+# fmt: on
 SPEC = {name: s.default for name, s in SETTINGS.items() if s.changes_numbers}
 RESUME_MAY_CHANGE = {"epochs", "iw_samples"}  # evaluation-only or the length of training
+
+
+def settings_table() -> str:
+    """README's table of settings, from `SETTINGS`."""
+
+    def shown(value):
+        return str(int(value)) if isinstance(value, bool) else str(value) or "(none)"
+
+    lines = ["| variable | default | what it does | accepts |", "|---|---|---|---|"]
+    for name, setting in SETTINGS.items():
+        lines.append(f"| `VAE_{name.upper()}` | {shown(setting.default)} | {setting.help} | {setting.accepts} |")
+    return "\n".join(lines)
 
 
 def _parse(name, text):
@@ -216,8 +191,7 @@ def load_settings(environ=None, **overrides) -> SimpleNamespace:
 
 def _check_combination(settings):
     if settings.weights:
-        path = Path(settings.weights)
-        if not path.is_file():
+        if not (REPO / settings.weights).is_file():
             raise SettingsError(f"VAE_WEIGHTS={settings.weights}: no such file. Give the path of a vae.pt.")
         if settings.resume:
             raise SettingsError("VAE_WEIGHTS evaluates given weights without training; unset VAE_RESUME.")
@@ -265,11 +239,10 @@ def _check_folders(settings):
     if not (data / "MNIST" / "raw").is_dir():
         _writable_folder(data, "VAE_DATA_DIR")
     checkpoint = results / "checkpoint.pt"
-    previous = _previous_run(results)
-    if settings.resume:
-        if checkpoint.exists():
-            load_checkpoint(checkpoint, settings)
+    if settings.resume and checkpoint.exists():
+        load_checkpoint(checkpoint, settings)
         return
+    previous = _previous_run(results)
     if previous is not None:
         differences = _differences(previous, vars(settings), SPEC)
         if differences:
@@ -387,9 +360,15 @@ CHECKPOINT_TYPES = {
 
 
 def save_checkpoint(path, state: dict) -> Path:
-    """torch.save to a temporary file, then rename: the previous checkpoint survives a crash."""
+    """torch.save to a temporary file, then rename: the previous checkpoint survives a crash.
+
+    Saved through a buffer, so the archive's inner name is always the same: the same state gives
+    the same bytes (a re-run with the same numbers does not rewrite a committed vae.pt).
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getvalue())
     return Path(path)
 
 

@@ -34,7 +34,7 @@ MACHINE_SETTINGS = ("VAE_DATA_DIR", "VAE_DEVICE", "VAE_DETERMINISTIC")
 # Published importance-weighted estimates of -log p(x) on binarised MNIST, one stochastic layer.
 PUBLISHED = [
     ("Burda et al. 2015, table 1 (VAE, k = 1 training)", 86.76, "784-200-200-50, 3,280 passes over the data, k = 5000"),
-    ("Rezende & Mohamed 2015 (VAE, diagonal Gaussian)", 89.9, "their table 2"),
+    ("Rezende & Mohamed 2015 (DLGM, diagonal Gaussian posterior)", 89.9, "reported as a bound: -log p(x) <= 89.9"),
 ]
 
 
@@ -56,9 +56,10 @@ def is_complete(folder: Path, overrides: dict) -> bool:
     return all(made_with.get(name) == value for name, value in expected_settings(overrides).items())
 
 
-def run_study(name, runs=None, root=None, environ=None, echo=print) -> Path:
+def run_study(name, runs=None, root=None, environ=None, echo=None) -> Path:
     """Run every run of study `name` that is not complete yet, then write its summary."""
     runs = STUDIES[name] if runs is None else runs
+    echo = echo or (lambda line: print(line, flush=True))
     root = Path(root or run_support.REPO / run_support.STUDIES / name)
     environ = dict(os.environ if environ is None else environ)
     base = {k: v for k, v in environ.items() if not k.startswith("VAE_") or k in MACHINE_SETTINGS}
@@ -75,7 +76,7 @@ def run_study(name, runs=None, root=None, environ=None, echo=print) -> Path:
         echo(f"{label}: running ({', '.join(f'{k}={v}' for k, v in overrides.items())})")
         started = time.perf_counter()
         try:
-            headless.execute(env, folder / headless.NOTEBOOK.name, folder / headless.NOTEBOOK.name, echo=epoch_lines)
+            headless.execute(env, echo=epoch_lines)
         except headless.RunFailed as error:
             if error.code == headless.EXIT_INTERRUPTED:
                 raise KeyboardInterrupt from None
@@ -200,12 +201,16 @@ def seeds_figure(runs: dict, path: Path):
     curves = np.array([[row["test_loss"] for row in m["epochs"]] for m in runs.values()])
     epochs = np.arange(1, curves.shape[1] + 1)
     mean, sd = curves.mean(axis=0), curves.std(axis=0, ddof=1) if len(curves) > 1 else 0 * curves[0]
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    ax.fill_between(epochs, mean - sd, mean + sd, alpha=0.3, label="± 1 sd")
-    ax.plot(epochs, mean, "o-", label=f"mean over {len(curves)} seeds")
-    ax.set(xlabel="epoch", ylabel="test loss (nats per image)", title="test loss per epoch, over seeds")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    late = epochs > len(epochs) // 2
+    for ax, shown, title in ((axes[0], epochs > 0, "all epochs"), (axes[1], late, "second half, closer")):
+        ax.fill_between(epochs[shown], (mean - sd)[shown], (mean + sd)[shown], alpha=0.3, label="± 1 sd")
+        ax.plot(epochs[shown], mean[shown], "o-", label=f"mean over {len(curves)} seeds")
+        for curve in curves:
+            ax.plot(epochs[shown], curve[shown], "-", color="grey", linewidth=0.6, alpha=0.6)
+        ax.set(xlabel="epoch", ylabel="test loss (nats per image)", title=f"test loss per epoch: {title}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].legend()
     save_figure(fig, path)
     plt.close(fig)
 
@@ -227,6 +232,7 @@ def latent_sizes_figure(runs: dict, path: Path):
         xticklabels=sizes,
         title="more latent dimensions, and how many are used",
     )
+    ax.minorticks_off()
     units = ax.twinx()
     units.plot(sizes, [m["evaluation"]["active_units"] for m in rows], "s-", color="C3", label="active units")
     units.plot(sizes, sizes, ":", color="grey", label="all units active")
@@ -262,7 +268,12 @@ def readme_tables() -> dict:
     """Every generated block of README.md, by name, from the committed metrics.json files."""
     record = run_support.REPO / run_support.RECORD
     studies = run_support.REPO / run_support.STUDIES
-    tables = {"main": main_table(load_metrics(record))}
+    tables = {"main": main_table(load_metrics(record)), "settings": run_support.settings_table()}
+    bench = run_support.REPO / "benchmarks" / "results.json"
+    if bench.exists():
+        from benchmarks.benchmark import table
+
+        tables["bench"] = table(json.loads(bench.read_text()))
     for name, (table_of, _, _) in SUMMARIES.items():
         runs = {
             run: load_metrics(studies / name / run)

@@ -7,6 +7,7 @@
     python3 tasks.py study NAME      # run a study (seeds, likelihoods, latent_sizes) into results/studies/
     python3 tasks.py tables          # print README's result tables from the committed metrics.json files
     python3 tasks.py bench           # the training-speed benchmark (benchmarks/benchmark.py)
+    python3 tasks.py lint            # ruff check and ruff format --check (the test command runs them too)
     python3 tasks.py format          # ruff format and ruff check --fix
     python3 tasks.py lab             # open the notebook in Jupyter
 
@@ -70,9 +71,13 @@ def run(args):
     sh(PYTHON, "headless.py", *args, echo=False)
 
 
-def test(args):
+def lint(args):
     sh(PYTHON, "-m", "ruff", "check", ".")
     sh(PYTHON, "-m", "ruff", "format", "--check", ".")
+
+
+def test(args):
+    lint([])
     if "--fast" in args:
         args = [a for a in args if a != "--fast"]
         sh(PYTHON, "-m", "pytest", "-m", "not slow", *args)
@@ -102,6 +107,7 @@ def lab(args):
 
 
 TASKS = {
+    "lint": lint,
     "run": run,
     "test": test,
     "study": study,
