@@ -101,6 +101,9 @@ def execute(environ, echo=None) -> Path:
     else:
         echo(f"an experiment ({run_support.run_name(settings)}): everything goes to {settings.results_dir}/\n")
     nb = nbformat.read(NOTEBOOK, as_version=4)
+    for cell in nb.cells:  # a failed run must not show the committed run's outputs below the failure
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
     client = LiveClient(
         nb,
         echo,

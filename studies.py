@@ -109,15 +109,15 @@ def mean_and_sd(values):
 
 # ---- summaries: tables and figures from metrics.json alone -----------------------------------
 def seeds_table(runs: dict) -> str:
+    first = next(iter(runs.values()))
+    k, latent = first["evaluation"]["iw_samples"], first["settings"]["latent_dim"]
     rows = [
         ("test loss (negative ELBO)", [m["test_loss"] for m in runs.values()], ".2f"),
-        ("importance-weighted bound, k = 50", [m["evaluation"]["iw_bound"] for m in runs.values()], ".2f"),
-        ("active units (of 20)", [m["evaluation"]["active_units"] for m in runs.values()], ".1f"),
+        (f"importance-weighted bound, k = {k}", [m["evaluation"]["iw_bound"] for m in runs.values()], ".2f"),
+        (f"active units (of {latent})", [m["evaluation"]["active_units"] for m in runs.values()], ".1f"),
     ]
-    lines = [
-        f"| over {len(runs)} seeds ({', '.join(str(m['settings']['seed']) for m in runs.values())}) | mean | sd |",
-        "|---|---:|---:|",
-    ]
+    seeds = ", ".join(str(m["settings"]["seed"]) for m in runs.values())
+    lines = [f"| over {len(runs)} seeds ({seeds}) | mean | sd |", "|---|---:|---:|"]
     for label, values, fmt in rows:
         mean, sd = mean_and_sd(values)
         lines.append(f"| {label} | {mean:{fmt}} | {sd:{fmt}} |")
@@ -154,7 +154,8 @@ def published_table(runs: dict) -> str:
 
 def latent_sizes_table(runs: dict) -> str:
     lines = [
-        "| latent size | test loss | bound, k = 50 | active units | KL per dimension, largest first (nats) |",
+        "| latent size | test loss | importance-weighted bound (k) | active units "
+        "| KL per dimension, largest first (nats) |",
         "|---:|---:|---:|---:|---|",
     ]
     for m in sorted(runs.values(), key=lambda m: m["settings"]["latent_dim"]):
@@ -162,7 +163,7 @@ def latent_sizes_table(runs: dict) -> str:
         kl = sorted(e["kl_per_dimension"], reverse=True)
         shown = " ".join(f"{v:.2f}" for v in kl[:12]) + (f" … ({len(kl) - 12} more)" if len(kl) > 12 else "")
         lines.append(
-            f"| {m['settings']['latent_dim']} | {m['test_loss']:.2f} | {e['iw_bound']:.2f} "
+            f"| {m['settings']['latent_dim']} | {m['test_loss']:.2f} | {e['iw_bound']:.2f} ({e['iw_samples']}) "
             f"| {e['active_units']} | {shown} |"
         )
     return "\n".join(lines)
@@ -172,7 +173,8 @@ def main_table(metrics: dict) -> str:
     e = metrics["evaluation"]
     return "\n".join(
         [
-            "| after 20 epochs (test set, 10,000 images, nats per image) | value |",
+            f"| after {len(metrics['epochs'])} epochs (test set, {metrics['settings']['test_size']:,} images, "
+            "nats per image) | value |",
             "|---|---:|",
             f"| test loss (negative ELBO, analytic KL) | {metrics['test_loss']:.2f} |",
             f"| of which reconstruction / KL | {e['test_recon']:.2f} / {e['test_kl']:.2f} |",

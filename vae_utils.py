@@ -72,8 +72,10 @@ def importance_weighted_bound(encode, decode_logits, x, k, likelihood="bernoulli
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    out = []
-    for chunk in x.split(max(1, max_rows // k)):
+    bound = torch.empty(len(x), device=x.device, dtype=x.dtype)
+    step = max(1, max_rows // k)
+    for start in range(0, len(x), step):  # results go into `bound`: no tensor is kept per chunk
+        chunk = x[start : start + step]
         mu, log_var = encode(chunk)
         posterior = Normal(mu, torch.exp(0.5 * log_var))
         eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
@@ -82,8 +84,8 @@ def importance_weighted_bound(encode, decode_logits, x, k, likelihood="bernoulli
         log_px_z = -reconstruction_nll(logits, chunk.expand(k, -1, -1), likelihood).sum(-1)
         log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)
         log_qz = posterior.log_prob(z).sum(-1)
-        out.append(torch.logsumexp(log_px_z + log_pz - log_qz, dim=0) - math.log(k))
-    return torch.cat(out)
+        bound[start : start + step] = torch.logsumexp(log_px_z + log_pz - log_qz, dim=0) - math.log(k)
+    return bound
 
 
 def active_units(mu, threshold=0.01) -> int:

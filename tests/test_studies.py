@@ -49,7 +49,12 @@ def constructed_run(folder, seed, test_loss, iw_bound, active, latent_dim=20):
     epochs = [{"epoch": e, "test_loss": test_loss + 10 / e} for e in (1, 2, 3)]
     epochs[-1]["test_loss"] = test_loss
     settings = {**run_support.SPEC, "seed": seed, "latent_dim": latent_dim}
-    evaluation = {"iw_bound": iw_bound, "active_units": active, "kl_per_dimension": [0.5] * latent_dim}
+    evaluation = {
+        "iw_bound": iw_bound,
+        "iw_samples": 50,
+        "active_units": active,
+        "kl_per_dimension": [0.5] * latent_dim,
+    }
     metrics = {"settings": settings, "epochs": epochs, "test_loss": test_loss, "evaluation": evaluation}
     run_support.write_json(folder / "metrics.json", metrics)
 
