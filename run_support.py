@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 import torch
 
-from vae_utils import LIKELIHOODS, atomic_path
+from vae_utils import LIKELIHOODS, OBJECTIVES, atomic_path
 
 REPO = Path(__file__).resolve().parent
 RECORD = Path("results")  # the committed record of the spec run
@@ -68,6 +68,14 @@ SETTINGS = {  # name: Setting(default, what it accepts, its check, changes the n
                           True, "size of z"),
     "likelihood": Setting("bernoulli", "one of " + ", ".join(LIKELIHOODS), lambda v: v in LIKELIHOODS, True,
                           "`bernoulli` (the spec), `continuous_bernoulli`, `binarized`"),
+    "objective": Setting("elbo", "elbo or iwae", lambda v: v in OBJECTIVES, True,
+                         "`elbo` (the spec) or `iwae`, the importance-weighted bound of `train_samples` draws"),
+    "train_samples": Setting(1, "a whole number from 1 to 5000 (with objective iwae)", _whole(1, 5000), True,
+                             "k of the `iwae` objective; 1 with `elbo`"),
+    "beta": Setting(1.0, "a number > 0 and <= 100", lambda v: math.isfinite(v) and 0 < v <= 100, True,
+                    "weight of the KL term while training (beta-VAE); the test loss is always the ELBO"),
+    "kl_warmup": Setting(0, "a whole number of epochs from 0 to epochs", _whole(0), True,
+                         "epochs over which the KL weight rises linearly from 0 to `beta`"),
     "iw_samples": Setting(50, "a whole number from 1 to 10000", _whole(1, 10_000), True,
                           "k of the importance-weighted bound; `5000` is the paper's (minutes on a CPU)"),
     "train_size": Setting(60_000, "a whole number from 1 to 60000 (the MNIST training set)", _whole(1, 60_000),
@@ -93,6 +101,16 @@ SETTINGS = {  # name: Setting(default, what it accepts, its check, changes the n
 # fmt: on
 SPEC = {name: s.default for name, s in SETTINGS.items() if s.changes_numbers}
 RESUME_MAY_CHANGE = {"epochs", "iw_samples"}  # evaluation-only or the length of training
+TRAINING = {
+    "epochs",
+    "batch_size",
+    "lr",
+    "objective",
+    "train_samples",
+    "beta",
+    "kl_warmup",
+}  # change nothing without it
+MAX_TRAIN_ROWS = 2**16  # decoder rows per training step (train_samples x batch_size): about 1.5 GB
 
 
 def settings_table() -> str:
@@ -195,12 +213,31 @@ def _check_combination(settings):
             raise SettingsError(f"VAE_WEIGHTS={settings.weights}: no such file. Give the path of a vae.pt.")
         if settings.resume:
             raise SettingsError("VAE_WEIGHTS evaluates given weights without training; unset VAE_RESUME.")
-        trained = {"epochs", "batch_size", "lr"} & {n for n in SPEC if _get(settings, n) != SPEC[n]}
+        trained = TRAINING & {n for n in SPEC if _get(settings, n) != SPEC[n]}
         if trained:
             raise SettingsError(
                 f"VAE_WEIGHTS skips training, so {', '.join(sorted(trained))} would change nothing; "
                 "unset " + ", ".join(f"VAE_{n.upper()}" for n in sorted(trained)) + "."
             )
+    if settings.objective == "elbo" and settings.train_samples != 1:
+        raise SettingsError(
+            f"train_samples={settings.train_samples} is the k of the iwae objective; with objective elbo it must be 1."
+        )
+    if settings.objective == "iwae" and (settings.beta != 1 or settings.kl_warmup):
+        raise SettingsError(
+            "beta and kl_warmup weight the KL term of the elbo objective; iwae has no separate KL term. "
+            "Use them with objective elbo, or leave them at 1 and 0."
+        )
+    if settings.train_samples * settings.batch_size > MAX_TRAIN_ROWS:
+        raise SettingsError(
+            f"train_samples x batch_size = {settings.train_samples * settings.batch_size:,} decoder rows per step; "
+            f"at most {MAX_TRAIN_ROWS:,} fit in memory. Lower train_samples or batch_size."
+        )
+    if settings.kl_warmup > settings.epochs:
+        raise SettingsError(
+            f"kl_warmup={settings.kl_warmup} is longer than the run (epochs={settings.epochs}): the KL weight "
+            "would never reach beta. Choose kl_warmup from 0 to epochs."
+        )
     if settings.name and settings.results_dir:
         raise SettingsError("set VAE_NAME (a folder under runs/) or VAE_RESULTS_DIR, not both.")
 

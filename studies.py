@@ -20,14 +20,23 @@ from pathlib import Path
 import headless
 import run_support
 
+BINARIZED = {"likelihood": "binarized", "iw_samples": 5000}  # the literature's setting and estimate
 STUDIES = {
     "seeds": {f"seed{seed}": {"seed": seed} for seed in range(5)},
     "likelihoods": {
         "bernoulli": {"likelihood": "bernoulli"},
         "continuous_bernoulli": {"likelihood": "continuous_bernoulli"},
-        "binarized": {"likelihood": "binarized", "iw_samples": 5000},
+        "binarized": BINARIZED,
     },
     "latent_sizes": {f"latent{size}": {"latent_dim": size} for size in (2, 5, 10, 20, 50)},
+    "beta": {f"beta{beta:g}": {"beta": beta} for beta in (0.5, 1.0, 2.0, 4.0)},
+    "objectives": {
+        "elbo": BINARIZED,
+        "elbo_warmup": {**BINARIZED, "kl_warmup": 10},
+        "iwae5": {**BINARIZED, "objective": "iwae", "train_samples": 5},
+        "iwae50": {**BINARIZED, "objective": "iwae", "train_samples": 50},
+    },
+    "budget": {f"epochs{n}": {**BINARIZED, "epochs": n} for n in (20, 60, 180, 540)},
 }
 # Settings of the machine, not of the experiment: a study passes these through from the environment.
 MACHINE_SETTINGS = ("VAE_DATA_DIR", "VAE_DEVICE", "VAE_DETERMINISTIC")
@@ -36,6 +45,9 @@ PUBLISHED = [
     ("Burda et al. 2015, table 1 (VAE, k = 1 training)", 86.76, "784-200-200-50, 3,280 passes over the data, k = 5000"),
     ("Rezende & Mohamed 2015 (DLGM, diagonal Gaussian posterior)", 89.9, "reported as a bound: -log p(x) <= 89.9"),
 ]
+# Burda et al. 2016, table 1, one stochastic layer (784-200-200-50, 3,280 passes): -log p(x), active units
+BURDA = {("elbo", 1): (86.76, 19), ("iwae", 5): (85.54, 22), ("iwae", 50): (84.78, 25)}
+BURDA_MODEL = "784-200-200-50 (tanh), 3,280 passes, Adam with a decaying rate, k = 5000"
 
 
 class StudyFailed(Exception):
@@ -53,7 +65,13 @@ def is_complete(folder: Path, overrides: dict) -> bool:
 
 
 def run_study(name, runs=None, root=None, environ=None, echo=None) -> Path:
-    """Run every run of study `name` that is not complete yet, then write its summary."""
+    """Run every run of study `name` that is not complete yet, then write its summary.
+
+    A run with the settings of a complete run elsewhere in `results/` is copied from it (the same
+    settings give the same numbers, bit for bit); a run that differs from an earlier run of the
+    study only by more epochs continues from that run's checkpoint (the same numbers as training
+    from scratch, as resuming does).
+    """
     runs = STUDIES[name] if runs is None else runs
     echo = echo or (lambda line: print(line, flush=True))
     root = Path(root or run_support.REPO / run_support.STUDIES / name)
@@ -68,8 +86,22 @@ def run_study(name, runs=None, root=None, environ=None, echo=None) -> Path:
             echo(f"{label}: done already, kept")
             continue
         shutil.rmtree(folder, ignore_errors=True)  # half-finished or stale: start from scratch
+        same = same_run_elsewhere(overrides, root)
+        if same is not None:
+            copy_run(same, folder)
+            timings[run] = timing_of(same)
+            run_support.write_json(timings_path, timings)
+            echo(f"{label}: the same settings as {same.relative_to(run_support.REPO)}, copied from there")
+            continue
         env = {**base, **{f"VAE_{k.upper()}": str(v) for k, v in overrides.items()}, "VAE_RESULTS_DIR": str(folder)}
+        shorter = shorter_run(runs, overrides, root)
+        if shorter is not None:
+            folder.mkdir(parents=True)
+            shutil.copy2(shorter / "checkpoint.pt", folder / "checkpoint.pt")
+            env["VAE_RESUME"] = "1"
         echo(f"{label}: running ({', '.join(f'{k}={v}' for k, v in overrides.items())})")
+        if shorter is not None:
+            echo(f"    continuing from {shorter.name}'s checkpoint")
         started = time.perf_counter()
         try:
             headless.execute(env, echo=epoch_lines)
@@ -79,11 +111,48 @@ def run_study(name, runs=None, root=None, environ=None, echo=None) -> Path:
             raise StudyFailed(f"study {name}: run {run} failed: {error}") from None
         except (run_support.SettingsError, run_support.CheckpointError) as error:
             raise StudyFailed(f"study {name}: run {run} refused: {error}") from None
-        timings[run] = round(time.perf_counter() - started, 1)
+        seconds = time.perf_counter() - started
+        timings[run] = round(seconds + (timings.get(shorter.name, 0) if shorter else 0), 1)
         run_support.write_json(timings_path, timings)
-        echo(f"{label}: finished in {timings[run]:.0f} s, test loss {load_metrics(folder)['test_loss']:.2f}")
+        echo(f"{label}: finished in {seconds:.0f} s, test loss {load_metrics(folder)['test_loss']:.2f}")
     summarize(name, root)
     return root
+
+
+def same_run_elsewhere(overrides: dict, root: Path):
+    """A complete run with exactly these settings in another folder of results/, or None."""
+    record = run_support.REPO / run_support.RECORD
+    for metrics in sorted(record.glob("**/metrics.json")):
+        if root not in metrics.parents and is_complete(metrics.parent, overrides):
+            return metrics.parent
+    return None
+
+
+def copy_run(source: Path, folder: Path):
+    """The committed files of a run (metrics.json and figures), into `folder`."""
+    folder.mkdir(parents=True)
+    for path in [source / "metrics.json", *source.glob("*.png")]:
+        shutil.copy2(path, folder / path.name)
+
+
+def timing_of(folder: Path) -> float:
+    path = folder.parent / "timings.json"
+    return json.loads(path.read_text()).get(folder.name, 0.0) if path.exists() else 0.0
+
+
+def shorter_run(runs: dict, overrides: dict, root: Path):
+    """The longest earlier run of the study that differs only in fewer epochs and left its checkpoint."""
+    epochs = overrides.get("epochs", run_support.SPEC["epochs"])
+    candidates = []
+    for run, other in runs.items():
+        fewer = other.get("epochs", run_support.SPEC["epochs"])
+        same_otherwise = {k: v for k, v in other.items() if k != "epochs"} == {
+            k: v for k, v in overrides.items() if k != "epochs"
+        }
+        finished = (root / run / "checkpoint.pt").exists() and is_complete(root / run, other)
+        if same_otherwise and fewer < epochs and finished:
+            candidates.append((fewer, root / run))
+    return max(candidates)[1] if candidates else None
 
 
 def epoch_lines(text):
@@ -104,7 +173,7 @@ def mean_and_sd(values):
 
 
 # ---- summaries: tables and figures from metrics.json alone -----------------------------------
-def seeds_table(runs: dict) -> str:
+def seeds_table(runs: dict, minutes=None) -> str:
     first = next(iter(runs.values()))
     k, latent = first["evaluation"]["iw_samples"], first["settings"]["latent_dim"]
     rows = [
@@ -148,7 +217,7 @@ def published_table(runs: dict) -> str:
     return "\n".join(lines)
 
 
-def latent_sizes_table(runs: dict) -> str:
+def latent_sizes_table(runs: dict, minutes=None) -> str:
     lines = [
         "| latent size | test loss | importance-weighted bound (k) | active units "
         "| KL per dimension, largest first (nats) |",
@@ -183,9 +252,14 @@ def main_table(metrics: dict) -> str:
     )
 
 
+def load_timings(root: Path) -> dict:
+    """Seconds of wall time per run of a study (timings.json), or {}."""
+    path = Path(root) / "timings.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def timing_line(name) -> str:
-    path = run_support.REPO / run_support.STUDIES / name / "timings.json"
-    seconds = sum(json.loads(path.read_text()).values()) if path.exists() else 0
+    seconds = sum(load_timings(run_support.REPO / run_support.STUDIES / name).values())
     return f"{len(STUDIES[name])} runs, {seconds / 60:.0f} minutes of wall time"
 
 
@@ -240,10 +314,114 @@ def latent_sizes_figure(runs: dict, path: Path):
     plt.close(fig)
 
 
+def beta_table(runs: dict, minutes=None) -> str:
+    lines = [
+        "| beta | distortion: test reconstruction | rate: test KL | test loss (beta = 1) "
+        "| importance-weighted bound (k) | active units |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in sorted(runs.values(), key=lambda m: m["settings"].get("beta", 1.0)):
+        e = m["evaluation"]
+        lines.append(
+            f"| {m['settings'].get('beta', 1.0):g} | {e['test_recon']:.2f} | {e['test_kl']:.2f} | {m['test_loss']:.2f} "
+            f"| {e['iw_bound']:.2f} ({e['iw_samples']}) | {e['active_units']} of {m['settings']['latent_dim']} |"
+        )
+    return "\n".join(lines)
+
+
+def beta_figure(runs: dict, path: Path):
+    import matplotlib.pyplot as plt
+    from matplotlib.image import imread
+
+    from vae_utils import save_figure
+
+    rows = sorted(runs.items(), key=lambda kv: kv[1]["settings"].get("beta", 1.0))
+    fig = plt.figure(figsize=(12, 6.2))
+    ax = fig.add_subplot(1, 2, 1)
+    rate = [m["evaluation"]["test_kl"] for _, m in rows]
+    distortion = [m["evaluation"]["test_recon"] for _, m in rows]
+    ax.plot(rate, distortion, "o-")
+    for (_, m), r, d in zip(rows, rate, distortion, strict=True):
+        ax.annotate(f"beta = {m['settings'].get('beta', 1.0):g}", (r, d), textcoords="offset points", xytext=(6, 4))
+    ax.set(xlabel="rate: KL(q(z|x) || p(z)), nats per image", ylabel="distortion: -log p(x|z), nats per image")
+    ax.set_title("rate and distortion on the test set (Alemi et al. 2018)")
+    for i, (run, m) in enumerate(rows):
+        sample = fig.add_subplot(2, 4, 3 + (i // 2) * 4 + i % 2)
+        sample.imshow(imread(path.parent / run / "samples.png"), cmap="gray")
+        sample.set_title(f"beta = {m['settings'].get('beta', 1.0):g}", fontsize=10)
+        sample.axis("off")
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def objectives_table(runs: dict, minutes=None) -> str:
+    minutes = minutes or {}
+    lines = [
+        "| objective (binarised MNIST, 20 epochs) | -log p(x), k = 5000 | test -ELBO | active units | minutes "
+        "| Burda et al. 2016: -log p(x) (active units) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for run, m in runs.items():
+        s, e = m["settings"], m["evaluation"]
+        objective, k = s.get("objective", "elbo"), s.get("train_samples", 1)
+        label = "ELBO" if objective == "elbo" else f"IWAE, k = {k}"
+        if s.get("kl_warmup"):
+            label += f", KL warm-up over {s['kl_warmup']} epochs"
+        published = BURDA.get((objective, k)) if not s.get("kl_warmup") else None
+        lines.append(
+            f"| {label} | {-e['iw_bound']:.2f} ± {e['iw_bound_se']:.2f} | {m['test_loss']:.2f} "
+            f"| {e['active_units']} of {s['latent_dim']} | {minutes.get(run, 0) / 60:.0f} "
+            f"| {f'{published[0]:.2f} ({published[1]})' if published else '-'} |"
+        )
+    lines.append(f"\nBurda et al.'s model: {BURDA_MODEL}. This repo's: 784-512-256-20 (ReLU), 20 epochs, Adam 1e-3.")
+    return "\n".join(lines)
+
+
+def budget_table(runs: dict, minutes=None) -> str:
+    minutes = minutes or {}
+    lines = [
+        "| passes over the data | -log p(x), k = 5000 | test -ELBO | train -ELBO (last epoch) "
+        "| active units | minutes |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run, m in sorted(runs.items(), key=lambda kv: kv[1]["settings"]["epochs"]):
+        e = m["evaluation"]
+        lines.append(
+            f"| {m['settings']['epochs']} | {-e['iw_bound']:.2f} ± {e['iw_bound_se']:.2f} | {m['test_loss']:.2f} "
+            f"| {m['epochs'][-1]['train_loss']:.2f} | {e['active_units']} | {minutes.get(run, 0) / 60:.0f} |"
+        )
+    lines.append(f"| Burda et al. 2016, VAE: 3,280 | {BURDA[('elbo', 1)][0]:.2f} | | | {BURDA[('elbo', 1)][1]} | |")
+    return "\n".join(lines)
+
+
+def budget_figure(runs: dict, path: Path):
+    import matplotlib.pyplot as plt
+
+    from vae_utils import save_figure
+
+    rows = sorted(runs.values(), key=lambda m: m["settings"]["epochs"])
+    longest = rows[-1]["epochs"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    epochs = [row["epoch"] for row in longest]
+    ax.plot(epochs, [row["train_loss"] for row in longest], "-", color="C0", lw=0.8, label="train -ELBO, per epoch")
+    ax.plot(epochs, [row["test_loss"] for row in longest], "-", color="C1", lw=0.8, label="test -ELBO, per epoch")
+    passes = [m["settings"]["epochs"] for m in rows]
+    ax.plot(passes, [-m["evaluation"]["iw_bound"] for m in rows], "o-", color="C3", label="test -log p(x), k = 5000")
+    ax.axhline(BURDA[("elbo", 1)][0], color="grey", ls="--", label="Burda et al. 2016, VAE (3,280 passes)")
+    ax.set(xscale="log", xlabel="passes over the training data", ylabel="nats per image")
+    ax.set_title("does the gap close with more training?")
+    ax.legend()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
 SUMMARIES = {  # study -> (table, figure file and function)
     "seeds": (seeds_table, "test_loss_by_seed.png", seeds_figure),
-    "likelihoods": (lambda runs: likelihoods_table(runs) + "\n\n" + published_table(runs), None, None),
+    "likelihoods": (lambda runs, minutes=None: likelihoods_table(runs) + "\n\n" + published_table(runs), None, None),
     "latent_sizes": (latent_sizes_table, "latent_size.png", latent_sizes_figure),
+    "beta": (beta_table, "rate_distortion.png", beta_figure),
+    "objectives": (objectives_table, None, None),
+    "budget": (budget_table, "budget.png", budget_figure),
 }
 
 
@@ -254,7 +432,7 @@ def summarize(name, root=None) -> str:
     order = list(STUDIES.get(name, {}))
     runs = dict(sorted(runs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     table_of, figure, draw = SUMMARIES.get(name, (seeds_table, None, None))
-    table = table_of(runs)
+    table = table_of(runs, load_timings(root))
     run_support.write_text(root / "summary.md", f"# Study `{name}`\n\n{table}\n")
     if figure:
         draw(runs, root / figure)
@@ -278,7 +456,8 @@ def readme_tables() -> dict:
             for run in STUDIES[name]
             if (studies / name / run / "metrics.json").exists()
         }
-        tables[name] = table_of(runs) if runs else f"(study `{name}` not run yet: `python3 tasks.py study {name}`)"
+        not_yet = f"(study `{name}` not run yet: `python3 tasks.py study {name}`)"
+        tables[name] = table_of(runs, load_timings(studies / name)) if runs else not_yet
         tables[f"{name}-time"] = timing_line(name)
     return tables
 

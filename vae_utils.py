@@ -1,7 +1,9 @@
 """The VAE's maths and its pictures, shared by the notebook and the tests.
 
 * loss       -- `reconstruction_nll` and `kl_to_standard_normal`, the two terms of the negative
-                ELBO, and `vae_loss`, their sum over a batch.
+                ELBO, and `vae_loss`, their sum over a batch (the KL weighted by `kl_weight`:
+                beta and warm-up); `iwae_loss`, the importance-weighted objective, from
+                `log_importance_weights`.
 * evaluation -- `importance_weighted_bound`, `active_units`, `kl_per_dimension`, `mean_and_stderr`.
 * pictures   -- `save_grid` (a grid of digits, via `torchvision.utils.save_image`) and
                 `save_figure`, both written through `atomic_path`: to a temporary file, then
@@ -23,6 +25,7 @@ from torch.distributions import ContinuousBernoulli, Normal
 
 IMAGE_SIZE = 28 * 28
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "binarized")
+OBJECTIVES = ("elbo", "iwae")
 
 
 # ---- the loss --------------------------------------------------------------------------------
@@ -45,8 +48,12 @@ def kl_to_standard_normal(mu, log_var):
     return -0.5 * (1 + log_var - mu.pow(2) - log_var.exp())
 
 
-def vae_loss(logits, x, mu, log_var, likelihood="bernoulli"):
-    """The negative ELBO summed over the batch, as `(total, reconstruction, kl)`."""
+def vae_loss(logits, x, mu, log_var, likelihood="bernoulli", kl_weight=1.0):
+    """The negative ELBO summed over the batch, as `(total, reconstruction, kl)`.
+
+    `kl_weight` multiplies the KL term in `total`: `beta` of the beta-VAE, or the rising weight of a
+    KL warm-up. 1 is the ELBO itself (the spec).
+    """
     if logits.dim() != 2 or logits.shape != x.shape:
         raise ValueError(
             f"logits and x must both be (batch, pixels) and equal; got {tuple(logits.shape)} and "
@@ -59,7 +66,40 @@ def vae_loss(logits, x, mu, log_var, likelihood="bernoulli"):
         )
     recon = reconstruction_nll(logits, x, likelihood).sum()
     kl = kl_to_standard_normal(mu, log_var).sum()
-    return recon + kl, recon, kl
+    return recon + (kl if kl_weight == 1 else kl_weight * kl), recon, kl
+
+
+def kl_weight(beta, warmup_epochs, progress):
+    """The KL term's weight after `progress` epochs of training (fractional: 2.5 is mid-epoch 3).
+
+    It rises linearly from 0 to `beta` over the first `warmup_epochs` (Bowman et al. 2016;
+    Sonderby et al. 2016), then stays at `beta` (Higgins et al. 2017). No warm-up: always `beta`.
+    """
+    return beta if warmup_epochs == 0 else beta * min(1.0, progress / warmup_epochs)
+
+
+def log_importance_weights(encode, decode_logits, x, k, likelihood="bernoulli", generator=None):
+    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for k draws z_i ~ q(z|x): a (k, batch) tensor.
+
+    The draws are reparameterised (z = mu + eps * sigma), so the weights carry gradients.
+    """
+    mu, log_var = encode(x)
+    posterior = Normal(mu, torch.exp(0.5 * log_var))
+    eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
+    z = posterior.loc + eps * posterior.scale  # (k, batch, latent)
+    logits = decode_logits(z.reshape(-1, z.shape[-1])).reshape(k, len(x), -1)
+    log_px_z = -reconstruction_nll(logits, x.expand(k, -1, -1), likelihood).sum(-1)
+    return log_px_z + Normal(0.0, 1.0).log_prob(z).sum(-1) - posterior.log_prob(z).sum(-1)
+
+
+def iwae_loss(encode, decode_logits, x, k, likelihood="bernoulli", generator=None):
+    """Burda et al.'s training objective: minus the k-sample importance-weighted bound, summed over the batch.
+
+    k = 1 is the ELBO with the KL estimated from the same draw (log q(z|x) - log p(z)) instead of
+    in closed form; larger k gives a tighter bound and a model with more active units.
+    """
+    log_w = log_importance_weights(encode, decode_logits, x, k, likelihood, generator)
+    return -(torch.logsumexp(log_w, dim=0) - math.log(k)).sum()
 
 
 # ---- evaluation ------------------------------------------------------------------------------
@@ -75,16 +115,8 @@ def importance_weighted_bound(encode, decode_logits, x, k, likelihood="bernoulli
     bound = torch.empty(len(x), device=x.device, dtype=x.dtype)
     step = max(1, max_rows // k)
     for start in range(0, len(x), step):  # results go into `bound`: no tensor is kept per chunk
-        chunk = x[start : start + step]
-        mu, log_var = encode(chunk)
-        posterior = Normal(mu, torch.exp(0.5 * log_var))
-        eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
-        z = posterior.loc + eps * posterior.scale  # (k, batch, latent)
-        logits = decode_logits(z.reshape(-1, z.shape[-1])).reshape(k, len(chunk), -1)
-        log_px_z = -reconstruction_nll(logits, chunk.expand(k, -1, -1), likelihood).sum(-1)
-        log_pz = Normal(0.0, 1.0).log_prob(z).sum(-1)
-        log_qz = posterior.log_prob(z).sum(-1)
-        bound[start : start + step] = torch.logsumexp(log_px_z + log_pz - log_qz, dim=0) - math.log(k)
+        log_w = log_importance_weights(encode, decode_logits, x[start : start + step], k, likelihood, generator)
+        bound[start : start + step] = torch.logsumexp(log_w, dim=0) - math.log(k)
     return bound
 
 

@@ -59,6 +59,15 @@ def test_overrides_come_from_the_environment_and_from_the_notebook(folder):
         ({"VAE_EPOCH": "5"}, "VAE_EPOCH is not a setting. The settings are: VAE_SEED, VAE_EPOCHS"),
         ({"VAE_WEIGHTS": "no/such/vae.pt"}, "VAE_WEIGHTS=no/such/vae.pt: no such file"),
         ({"VAE_NAME": "a", "VAE_RESULTS_DIR": "/tmp/b"}, "set VAE_NAME (a folder under runs/) or VAE_RESULTS_DIR"),
+        ({"VAE_OBJECTIVE": "vae"}, "objective must be elbo or iwae; got 'vae'"),
+        ({"VAE_BETA": "0"}, "beta must be a number > 0 and <= 100"),
+        ({"VAE_BETA": "inf"}, "beta must be a number > 0 and <= 100"),
+        ({"VAE_KL_WARMUP": "-1"}, "kl_warmup must be a whole number of epochs from 0 to epochs"),
+        ({"VAE_KL_WARMUP": "30"}, "kl_warmup=30 is longer than the run (epochs=20)"),
+        ({"VAE_TRAIN_SIZE": "5", "VAE_TRAIN_SAMPLES": "5"}, "train_samples=5 is the k of the iwae objective"),
+        ({"VAE_OBJECTIVE": "iwae", "VAE_TRAIN_SAMPLES": "5", "VAE_BETA": "2"}, "iwae has no separate KL term"),
+        ({"VAE_OBJECTIVE": "iwae", "VAE_KL_WARMUP": "5"}, "iwae has no separate KL term"),
+        ({"VAE_OBJECTIVE": "iwae", "VAE_TRAIN_SAMPLES": "1000"}, "train_samples x batch_size = 128,000 decoder rows"),
     ],
 )
 def test_bad_settings_are_refused_with_the_setting_and_what_it_accepts(environ, words):
@@ -81,12 +90,16 @@ def test_weights_cannot_be_combined_with_settings_of_training(tmp_path):
         load(VAE_WEIGHTS=str(weights), VAE_EPOCHS="3")
     with pytest.raises(run_support.SettingsError, match="unset VAE_RESUME"):
         load(VAE_WEIGHTS=str(weights), VAE_RESUME="1")
+    with pytest.raises(run_support.SettingsError, match="skips training, so beta, kl_warmup would change nothing"):
+        load(VAE_WEIGHTS=str(weights), VAE_BETA="2", VAE_KL_WARMUP="1")
 
 
 # ---- where a run writes ------------------------------------------------------------------------
 def test_an_experiment_gets_a_folder_of_its_own_named_from_its_settings():
     settings = load(VAE_EPOCHS="2", VAE_TRAIN_SIZE="1024")
     assert settings.results_dir == "runs/epochs=2,train_size=1024"
+    iwae = load(VAE_OBJECTIVE="iwae", VAE_TRAIN_SAMPLES="5", VAE_LIKELIHOOD="binarized")
+    assert iwae.results_dir == "runs/likelihood=binarized,objective=iwae,train_samples=5"
     assert load(VAE_EPOCHS="2", VAE_NAME="short").results_dir == "runs/short"
     assert load(VAE_DEVICE="cpu").results_dir == "results"  # the device changes no setting of the spec
 

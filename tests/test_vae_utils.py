@@ -231,3 +231,87 @@ def test_the_manifold_image_has_20_by_20_tiles(tmp_path):
     path = vae_utils.save_grid(torch.rand(400, 784), tmp_path / "manifold.png", nrow=20)
     with Image.open(path) as image:
         assert image.size == (20 * 28 + 21 * 2, 20 * 28 + 21 * 2)
+
+
+# ---- training objectives ----------------------------------------------------------------------
+def small_model(seed=0, latent=4, pixels=784):
+    """A tiny encoder and decoder with parameters, so that gradients can be compared."""
+    torch.manual_seed(seed)
+    encoder, decoder = torch.nn.Linear(pixels, 2 * latent), torch.nn.Linear(latent, pixels)
+
+    def encode(x):
+        h = encoder(x)
+        return h[:, :latent], h[:, latent:] - 1.0
+
+    return encode, decoder, [*encoder.parameters(), *decoder.parameters()]
+
+
+def gradients(loss, parameters):
+    return torch.autograd.grad(loss, parameters)
+
+
+def test_iwae_with_one_sample_is_the_elbo_for_the_same_noise_in_loss_and_gradients():
+    encode, decode_logits, parameters = small_model()
+    x = torch.rand(16, 784, generator=torch.Generator().manual_seed(1))
+    iwae = vae_utils.iwae_loss(encode, decode_logits, x, 1, generator=torch.Generator().manual_seed(2))
+    # The ELBO from the same draw, by torch.distributions: log p(x|z) + log p(z) - log q(z|x).
+    mu, log_var = encode(x)
+    posterior = Normal(mu, torch.exp(0.5 * log_var))
+    z = mu + torch.randn((1, *mu.shape), generator=torch.Generator().manual_seed(2))[0] * posterior.scale
+    log_px_z = Bernoulli(logits=decode_logits(z), validate_args=False).log_prob(x).sum(-1)
+    elbo = log_px_z + Normal(0.0, 1.0).log_prob(z).sum(-1) - posterior.log_prob(z).sum(-1)
+    torch.testing.assert_close(iwae, -elbo.sum(), rtol=1e-5, atol=1e-3)
+    for mine, theirs in zip(gradients(iwae, parameters), gradients(-elbo.sum(), parameters), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_iwae_with_one_sample_averages_to_the_analytic_elbo():
+    encode, decode_logits, _ = small_model(seed=3)
+    x = torch.rand(4, 784, generator=torch.Generator().manual_seed(4)).repeat(2000, 1)
+    generator = torch.Generator().manual_seed(5)
+    per_image = -vae_utils.log_importance_weights(encode, decode_logits, x, 1, generator=generator)[0]
+    with torch.no_grad():
+        mu, log_var = encode(x)
+        eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(6))
+        logits = decode_logits(mu + eps * torch.exp(0.5 * log_var))
+        analytic, _, _ = vae_utils.vae_loss(logits, x, mu, log_var)
+    spread = per_image.detach().std().item() / math.sqrt(len(x))
+    assert abs(per_image.mean().item() - analytic.item() / len(x)) < 4 * spread + 0.5
+
+
+def test_iwae_with_k_samples_is_minus_the_log_mean_of_the_importance_weights():
+    encode, decode_logits, _ = small_model(seed=7)
+    x = torch.rand(8, 784, generator=torch.Generator().manual_seed(8))
+    log_w = vae_utils.log_importance_weights(encode, decode_logits, x, 50, generator=torch.Generator().manual_seed(9))
+    loss = vae_utils.iwae_loss(encode, decode_logits, x, 50, generator=torch.Generator().manual_seed(9))
+    mean_of_weights = log_w.double().exp().mean(0).log()  # the definition, in double precision
+    torch.testing.assert_close(loss.double(), -mean_of_weights.sum(), rtol=1e-5, atol=1e-3)
+    assert log_w.shape == (50, 8)
+
+
+def test_the_iwae_loss_is_below_the_elbo_loss_on_average_and_tightens_with_k():
+    encode, decode_logits, _ = small_model(seed=10)
+    x = torch.rand(64, 784, generator=torch.Generator().manual_seed(11))
+    losses = [
+        vae_utils.iwae_loss(encode, decode_logits, x, k, generator=torch.Generator().manual_seed(k)).item()
+        for k in (1, 10, 100)
+    ]
+    assert losses[0] > losses[1] > losses[2], losses
+
+
+def test_the_kl_weight_multiplies_the_kl_term_only():
+    logits, x, mu, log_var = batch(seed=5)
+    total, recon, kl = vae_utils.vae_loss(logits, x, mu, log_var)
+    weighted, recon_w, kl_w = vae_utils.vae_loss(logits, x, mu, log_var, kl_weight=4.0)
+    assert torch.equal(recon, recon_w) and torch.equal(kl, kl_w)
+    torch.testing.assert_close(weighted, recon + 4.0 * kl)
+    assert torch.equal(total, recon + kl)  # weight 1: the ELBO itself, bit for bit
+
+
+@pytest.mark.parametrize(
+    ("beta", "warmup", "progress", "weight"),
+    [(1.0, 0, 0.0, 1.0), (4.0, 0, 0.3, 4.0), (1.0, 10, 0.0, 0.0), (1.0, 10, 2.5, 0.25), (2.0, 10, 5.0, 1.0),
+     (1.0, 10, 10.0, 1.0), (1.0, 10, 17.0, 1.0)],
+)  # fmt: skip
+def test_the_kl_weight_rises_linearly_over_the_warm_up_then_stays_at_beta(beta, warmup, progress, weight):
+    assert vae_utils.kl_weight(beta, warmup, progress) == pytest.approx(weight)
