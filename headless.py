@@ -1,58 +1,101 @@
-"""Run the notebook headless, the way `python3 tasks.py run` and the studies do.
+"""Run the notebook headless: the one way `tasks.py run`, the studies, the tests and the benchmark do it.
 
     python headless.py            # the settings come from the VAE_* environment variables
 
-The settings are checked first (`run_support.load_settings`): a bad one is refused in one line
-before a kernel starts. The spec's run re-executes the notebook in place; any other run writes
-its executed notebook into its own results folder. While the notebook runs, the terminal shows the
-section running and everything the notebook prints, as it prints it (nbclient's `on_cell_execute`
-hook and its `output` method). A failure ends with one line: the error, the cell, and where the
-executed notebook is. Ctrl-C stops the kernel and says what was kept.
+The settings are read and checked once (`settings.resolve`, without touching the run's folder): a
+bad one is refused in one line before a kernel starts. They reach the notebook the way papermill
+passes parameters, as a cell injected after the cell tagged `parameters`, and the kernel's
+environment holds no VAE_* variable, so nothing is read twice. The kernel's settings cell takes the
+run folder's lock and checks what the folder holds. The spec's run re-executes the notebook in
+place; any other run writes its executed notebook into its own folder.
+
+While the notebook runs, the terminal shows the section running and everything the notebook
+prints, as it prints it. A failure ends with one line: the error, the cell, and where the executed
+notebook is. Ctrl-C, SIGTERM or SIGHUP stops the kernel (the model goes back to its last complete
+epoch, which the checkpoint holds) and says what was kept; the exit status is 128 + the signal.
 """
 
-import asyncio
 import os
 import signal
 import sys
+
+if __name__ == "__main__":  # a stop while the imports below load (seconds) ends in one line too
+
+    def stopped_early(signum, frame):
+        name = {signal.SIGINT: "Ctrl-C"}.get(signum, signal.Signals(signum).name)
+        print(f"stopped ({name}) before the kernel started: nothing was written.", file=sys.stderr)
+        os._exit(128 + signum)
+
+    for early in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(early, stopped_early)
+
+import asyncio
+import contextlib
 from pathlib import Path
 
 import nbclient
 import nbformat
+from papermill.iorw import load_notebook_node
+from papermill.parameterize import parameterize_notebook
 
-import run_support
-from vae_utils import atomic_path
+import run_files
+import settings as run_settings
+import spec
 
-NOTEBOOK = run_support.REPO / "Variational_autoencoder.ipynb"
-EXIT_SETTINGS, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+NOTEBOOK = run_settings.REPO / "Variational_autoencoder.ipynb"
+FAILED_SPEC_RUN = run_settings.RUNS / "failed-spec-run.ipynb"
+EXIT_SETTINGS, EXIT_FAILED = 2, 1
+STOPS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+STOPPED = {"KeyboardInterrupt", "RunStopped"}  # what a cell raises when the kernel is interrupted
 
 
 class RunFailed(Exception):
-    """The notebook did not finish; the message is the one line to show."""
+    """The notebook did not finish; the message is the one line to show, `code` the exit status."""
 
-    def __init__(self, message, code=EXIT_FAILED):
+    def __init__(self, message, code=EXIT_FAILED, ename=None):
         super().__init__(message)
-        self.code = code
+        self.code, self.ename = code, ename
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal arrived in this process (outside the kernel)."""
+
+    def __init__(self, signum):
+        super().__init__(f"stopped ({STOPS[signum]})")
+        self.signum = signum
 
 
 class LiveClient(nbclient.NotebookClient):
-    """A NotebookClient that echoes each section title and each printed line as they happen."""
+    """A NotebookClient that echoes each section and each printed line, and stops the kernel on a signal."""
 
     def __init__(self, nb, echo, **kw):
         super().__init__(nb, **kw)
         self.echo = echo
-        self.section, self.cell_index, self.interrupted = None, None, False
+        self.section, self.cell_index, self.signum = None, None, None
         self.on_cell_execute = self.announce
-        self.on_notebook_start = self.catch_ctrl_c
+        self.on_notebook_start = self.stop_if_signalled
 
-    def catch_ctrl_c(self, notebook):
-        """Ctrl-C interrupts the running cell (nbclient's own handler would kill the kernel mid-cell)."""
-        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self.interrupt)
+    async def async_start_new_kernel(self, **kwargs):
+        # nbclient has just set handlers that kill the kernel mid-cell: ours interrupt it instead.
+        loop = asyncio.get_running_loop()
+        for signum in STOPS:
+            loop.add_signal_handler(signum, self.stop, signum)
+        await super().async_start_new_kernel(**kwargs)
 
-    def interrupt(self):
-        self.interrupted = True
-        self.interrupting = asyncio.ensure_future(nbclient.util.ensure_async(self.km.interrupt_kernel()))
+    def stop(self, signum):
+        """First signal: interrupt the kernel (the training cell rolls back and ends). Second: kill it."""
+        first, self.signum = self.signum is None, signum
+        if self.kc is None:  # still starting: `stop_if_signalled` ends the run when it is up
+            return
+        action = self.km.interrupt_kernel() if first else self.km.shutdown_kernel(now=True)
+        self.stopping = asyncio.ensure_future(nbclient.util.ensure_async(action))
+
+    def stop_if_signalled(self, notebook):
+        if self.signum is not None:
+            raise Stopped(self.signum)
 
     def announce(self, cell, cell_index):
+        self.stop_if_signalled(self.nb)  # a stop that came between two cells: the next one does not start
         self.cell_index = cell_index
         section = section_of(self.nb, cell_index)
         if section != self.section:
@@ -74,36 +117,44 @@ def section_of(nb, cell_index) -> str:
 
 
 def write_notebook(nb, path: Path):
-    with atomic_path(path) as tmp:
+    with run_files.atomic_path(path) as tmp:
         nbformat.write(nb, tmp)
 
 
-def destinations(settings) -> tuple:
-    """Where the executed notebook goes: (when it finishes, when it fails)."""
-    if settings.results_dir == str(run_support.RECORD):  # the spec's run: in place, never half-written
-        return NOTEBOOK, run_support.REPO / run_support.RUNS / "failed-spec-run.ipynb"
-    executed = run_support.REPO / settings.results_dir / NOTEBOOK.name
-    return executed, executed
+def parameters_from(environ, here=None) -> dict:
+    """The settings given as VAE_* variables; paths are meant from where the user stands."""
+    parameters = run_settings.from_environment(environ)
+    for name in spec.PATHS:
+        if parameters.get(name):
+            parameters[name] = str((Path(here or os.getcwd()) / Path(parameters[name]).expanduser()).resolve())
+    return parameters
 
 
-def execute(environ, echo=None) -> Path:
-    """Check the settings in `environ`, then execute the notebook with them; return where it went.
+def execute(parameters: dict, environ=None, echo=None, source="the parameters cell") -> Path:
+    """Execute the notebook with these settings; return where the executed notebook went.
 
-    Raises SettingsError or CheckpointError before a kernel starts, and RunFailed with a one-line
-    message when the notebook fails or is interrupted.
+    Raises SettingsError before a kernel starts for a bad value, and RunFailed with a one-line
+    message when the notebook fails (a refusal of the settings cell included) or is stopped.
     """
     echo = echo or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
-    settings = run_support.load_settings(environ)
-    output, failed_output = destinations(settings)
-    results = run_support.REPO / settings.results_dir
-    if output == NOTEBOOK:
+    settings = run_settings.resolve(parameters, environ={}, claim_folder=False, source=source)
+    folder = run_settings.REPO / settings.results_dir
+    spec_run = folder == run_settings.RECORD
+    if spec_run:
+        output, failed_output = NOTEBOOK, FAILED_SPEC_RUN
         echo(f"the spec's run: the notebook in place, results in {settings.results_dir}/\n")
+        injected = {}  # the committed notebook keeps its own parameters cell, and no injected one
     else:
-        echo(f"an experiment ({run_support.run_name(settings)}): everything goes to {settings.results_dir}/\n")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+        output = failed_output = folder / NOTEBOOK.name
+        echo(f"an experiment ({spec.run_name(settings)}): everything goes to {settings.results_dir}/\n")
+        injected = {k: v for k, v in parameters.items() if k not in ("name", "results_dir")}
+        injected["results_dir"] = str(folder)
+    nb = load_notebook_node(str(NOTEBOOK))  # papermill's reader: every cell has its tags
     for cell in nb.cells:  # a failed run must not show the committed run's outputs below the failure
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
+    if injected:
+        nb = parameterize_notebook(nb, injected)
     client = LiveClient(
         nb,
         echo,
@@ -111,48 +162,80 @@ def execute(environ, echo=None) -> Path:
         record_timing=False,
         coalesce_streams=True,  # a progress bar is saved as its last state
         extra_arguments=["--IPKernelApp.log_level=ERROR"],  # not the kernel's start-up warnings
-        resources={"metadata": {"path": str(run_support.REPO)}},
+        resources={"metadata": {"path": str(run_settings.REPO)}},
     )
+    kernel_env = {k: v for k, v in (os.environ if environ is None else environ).items() if not is_setting(k)}
     try:
-        client.execute(env=dict(environ))
+        client.execute(env=kernel_env)
     except nbclient.exceptions.CellExecutionError as error:
+        if error.ename in ("SettingsError", "FolderInUse") and section_of(nb, client.cell_index) == "Settings":
+            raise RunFailed(f"{error.ename}: {error.evalue}", EXIT_SETTINGS, error.ename) from None
         write_notebook(nb, failed_output)
-        if client.interrupted or error.ename == "KeyboardInterrupt":
-            raise RunFailed(_interrupted_message(results), EXIT_INTERRUPTED) from None
+        if client.signum is not None or error.ename in STOPPED:
+            raise RunFailed(
+                stopped_message(folder, client.signum or signal.SIGINT), 128 + (client.signum or 2)
+            ) from None
         where = f"code cell [{nb.cells[client.cell_index].execution_count}] ({client.section})"
         raise RunFailed(
-            f"{error.ename}: {error.evalue}\n  in {where}; the executed notebook: {failed_output}"
+            f"{error.ename}: {error.evalue}\n  in {where}; the executed notebook: {failed_output}", ename=error.ename
         ) from None
-    except (KeyboardInterrupt, Exception) as error:  # noqa: BLE001 -- the kernel died or never started
+    except (KeyboardInterrupt, Exception) as error:  # noqa: BLE001 -- the kernel died, or never started
+        signum = client.signum or getattr(
+            error, "signum", signal.SIGINT if isinstance(error, KeyboardInterrupt) else None
+        )
+        if signum is not None:
+            raise RunFailed(stopped_message(folder, signum), 128 + signum) from None
         write_notebook(nb, failed_output)
-        if client.interrupted or isinstance(error, KeyboardInterrupt):
-            raise RunFailed(_interrupted_message(results), EXIT_INTERRUPTED) from None
         raise RunFailed(f"the kernel stopped: {type(error).__name__}: {error}; see {failed_output}") from None
     write_notebook(nb, output)
     return output
 
 
-def _interrupted_message(results: Path) -> str:
-    checkpoint = results / "checkpoint.pt"
+def is_setting(key) -> bool:
+    return key.upper().startswith("VAE_")
+
+
+def stopped_message(folder: Path, signum) -> str:
+    checkpoint = folder / "checkpoint.pt"
+    stop = f"stopped ({STOPS[signum]}): the kernel is shut down"
     if not checkpoint.exists():
-        return "interrupted: the kernel is stopped; no epoch had finished, so there is no checkpoint."
-    epoch = run_support.load_checkpoint(checkpoint)["epoch"]
-    return (
-        f"interrupted: the kernel is stopped; {checkpoint} keeps epoch {epoch}: "
-        "run the same command with VAE_RESUME=1 to continue."
-    )
+        return f"{stop}; no epoch had finished, so there is no checkpoint."
+    try:
+        state = run_files.load_checkpoint(checkpoint)
+    except run_files.CheckpointError as error:
+        return f"{stop}; {error}"
+    epoch, epochs = state["epoch"], state["settings"].get("epochs", 0)
+    if epoch >= epochs:
+        return f"{stop}; {checkpoint} keeps all {epoch} epochs: run the same command again to evaluate it."
+    return f"{stop}; {checkpoint} keeps epoch {epoch}: run the same command with VAE_RESUME=1 to go on."
+
+
+def raise_stopped(signum, frame):
+    raise Stopped(signum)
 
 
 def main():
     """`python3 tasks.py run`: the settings come from the VAE_* environment variables."""
+    for signum in STOPS:  # before the kernel starts, a stop signal ends this process at once, in one line
+        signal.signal(signum, raise_stopped if signum != signal.SIGINT else signal.default_int_handler)
     try:
-        print(f"done: {execute(os.environ)}", flush=True)
-    except (run_support.SettingsError, run_support.CheckpointError) as error:
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        parameters = parameters_from(os.environ)
+        print(f"done: {execute(parameters, source='VAE_*')}", flush=True)
+    except spec.SettingsError as error:
+        print(f"error: SettingsError: {error}", file=sys.stderr)
         sys.exit(EXIT_SETTINGS)
     except RunFailed as error:
-        print(f"error: {error}" if error.code != EXIT_INTERRUPTED else str(error), file=sys.stderr)
+        say(str(error) if error.code > 128 else f"error: {error}")
         sys.exit(error.code)
+    except KeyboardInterrupt as error:
+        signum = getattr(error, "signum", signal.SIGINT)
+        say(f"{error} before the kernel started: nothing was written.")
+        sys.exit(128 + signum)
+
+
+def say(line):
+    with contextlib.suppress(OSError):  # the terminal is gone (SIGHUP): the exit status still tells
+        print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from vae_utils import IMAGE_SIZE, atomic_path
+from run_files import atomic_path
+from vae_utils import IMAGE_SIZE
 
 MNIST_MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",

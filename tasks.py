@@ -4,18 +4,18 @@
     python3 tasks.py run             # the whole notebook, headless (the spec's run: in place, results/)
     python3 tasks.py test            # ruff, then the notebook under nbval and every test
     python3 tasks.py test --fast     # the quick tier (no notebook runs), for the inner loop
-    python3 tasks.py study NAME      # run a study (seeds, likelihoods, latent_sizes) into results/studies/
-    python3 tasks.py tables          # print README's result tables from the committed metrics.json files
+    python3 tasks.py study NAME      # run a study (seeds, beta, objectives, budget, ...) into results/studies/
+    python3 tasks.py tables          # README's and docs/'s generated tables (--write to update them)
     python3 tasks.py bench           # the training-speed benchmark (benchmarks/benchmark.py)
     python3 tasks.py lint            # ruff check and ruff format --check (the test command runs them too)
     python3 tasks.py format          # ruff format and ruff check --fix
     python3 tasks.py lab             # open the notebook in Jupyter
 
-Settings come from VAE_* environment variables (README lists them): `VAE_EPOCHS=2 python3 tasks.py run`
-is an experiment and writes to runs/<name>/, never to the committed notebook or results/.
+Settings come from VAE_* environment variables (docs/settings.md lists them): `VAE_EPOCHS=2 python3
+tasks.py run` is an experiment and writes to runs/<name>/, never to the committed notebook or results/.
 Every task first makes sure a virtual environment (`.venv`, or $VENV_DIR) holds requirements.txt;
-it is created or updated only when requirements.txt changed. Extra arguments go to pytest or the
-benchmark.
+it is created or updated only when requirements.txt changed. Extra arguments go to pytest, the
+benchmark or Jupyter; the other tasks take none.
 """
 
 import hashlib
@@ -29,24 +29,29 @@ REPO = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("VENV_DIR", REPO / ".venv"))
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
-PATH_SETTINGS = ("VAE_DATA_DIR", "VAE_RESULTS_DIR", "VAE_WEIGHTS")
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def sh(*cmd, echo=True):
-    """Run a command in the repo; its exit status becomes ours. Ctrl-C is left to the command."""
+    """Run a command in the repo; a failing one ends this task with its exit status."""
     if echo:
         print("+", " ".join(str(c) for c in cmd), flush=True)
-    env = dict(os.environ)
-    for key in PATH_SETTINGS:  # paths are meant from where the user stands, not from the repo
-        if env.get(key):
-            env[key] = str(Path(env[key]).expanduser().resolve())
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's to handle
     try:
-        code = subprocess.call([str(c) for c in cmd], cwd=REPO, env=env)
+        code = subprocess.call([str(c) for c in cmd], cwd=REPO)
     finally:
         signal.signal(signal.SIGINT, previous)
     if code:
         sys.exit(code)
+
+
+def become(*cmd):
+    """Replace this process with `cmd` (same process id, signals and terminal): nothing is left behind
+    when it is stopped, and a stop reaches the command itself. Paths stay relative to where you stand."""
+    sys.stdout.flush()
+    for signum in STOPS:
+        signal.signal(signum, signal.SIG_DFL)  # an ignored signal would stay ignored in the new program
+    os.execv(str(cmd[0]), [str(c) for c in cmd])
 
 
 def setup():
@@ -67,11 +72,20 @@ def setup():
     stamp.write_text(digest + "\n")
 
 
+def no_arguments(task, args):
+    if args:
+        hint = " Settings are VAE_* variables, e.g. VAE_EPOCHS=2 python3 tasks.py run." if task == "run" else ""
+        print(f"error: `python3 tasks.py {task}` takes no arguments; got {' '.join(args)!r}.{hint}", file=sys.stderr)
+        sys.exit(2)
+
+
 def run(args):
-    sh(PYTHON, "headless.py", *args, echo=False)
+    no_arguments("run", args)
+    become(PYTHON, REPO / "headless.py")
 
 
 def lint(args):
+    no_arguments("lint", args)
     sh(PYTHON, "-m", "ruff", "check", ".")
     sh(PYTHON, "-m", "ruff", "format", "--check", ".")
 
@@ -86,18 +100,20 @@ def test(args):
 
 
 def study(args):
-    sh(PYTHON, "studies.py", *args, echo=False)
+    become(PYTHON, REPO / "studies.py", *args)
 
 
 def tables(args):
-    sh(PYTHON, "studies.py", "--tables", *args, echo=False)
+    become(PYTHON, REPO / "summaries.py", *args)
 
 
 def bench(args):
-    sh(PYTHON, "-m", "benchmarks.benchmark", *args)
+    os.chdir(REPO)
+    become(PYTHON, "-m", "benchmarks.benchmark", *args)
 
 
 def format_(args):
+    no_arguments("format", args)
     sh(PYTHON, "-m", "ruff", "format", ".")
     sh(PYTHON, "-m", "ruff", "check", "--fix", ".")
 
@@ -115,10 +131,18 @@ TASKS = {
     "bench": bench,
     "format": format_,
     "lab": lab,
-    "setup": lambda args: None,
+    "setup": lambda args: no_arguments("setup", args),
 }
 
+
+def stopped(signum, frame):
+    print(f"stopped ({signal.Signals(signum).name}) while setting up: nothing was run.", file=sys.stderr)
+    sys.exit(128 + signum)
+
+
 if __name__ == "__main__":
+    for signum in STOPS:
+        signal.signal(signum, stopped)
     if len(sys.argv) < 2 or sys.argv[1] not in TASKS:
         sys.exit(__doc__.strip() + f"\n\nusage: python3 tasks.py {{{','.join(TASKS)}}} [args]")
     setup()

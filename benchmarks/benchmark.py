@@ -1,32 +1,29 @@
 """Training speed on this machine: a seed-style loop, this repo's notebook, and the GEMM floor.
 
-    python3 tasks.py bench                 # 5 epochs each (about 2 minutes on 2 CPU cores)
-    python3 tasks.py bench --epochs 20     # also compares the 20-epoch test loss (about 6 minutes)
+    python3 tasks.py bench                       # 3 rounds of 5 epochs each (about 5 minutes on 2 CPU cores)
+    python3 tasks.py bench --rounds 5 --epochs 10
     (or: .venv/bin/python -m benchmarks.benchmark, from the repo)
 
 1. seed-style baseline: the loop a reader writes from the spec (torchvision MNIST + ToTensor,
    DataLoader(batch_size=128, shuffle=True), Sigmoid decoder, F.binary_cross_entropy + KL, Adam).
-2. this repo: the notebook itself, executed headless with VAE_EPOCHS; seconds per epoch and the
-   test loss are read from the metrics.json it writes, so nothing here can drift from it.
+2. this repo: the notebook itself, executed headless (`headless.execute`); seconds per epoch and
+   the test loss are read from the metrics.json it writes, so nothing here can drift from it.
 3. GEMM floor: only the matrix products one training epoch computes at batch 128, with
    preallocated operands: for each of the seven linear layers the forward product and the weight
    gradient, and the input gradient for every layer but the first (training never needs the
    gradient of the pixels). Its rate is compared with one large square GEMM, the machine's peak.
 
-Seconds per epoch are the median over epochs, the first excluded (warm-up). All three run in one
-process, one after another, on the same machine.
+Seconds per epoch are the median over epochs, the first excluded (warm-up). The contenders run in
+rounds, interleaved (ABAB...), so that each round's ratio compares neighbours in time on a machine
+whose speed drifts; the table gives each ratio's median and its range over the rounds.
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,11 +31,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+import headless
 import mnist_data
-import run_support
+from run_files import read_metrics, write_json
+from settings import REPO
+from summaries import BENCHMARK, benchmark_table
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results.json"  # the figures of the last run, for README
+RESULTS = BENCHMARK  # the figures of the last run, for README
 
 LAYERS = [(784, 512), (512, 256), (256, 20), (256, 20), (20, 256), (256, 512), (512, 784)]
 
@@ -94,31 +93,13 @@ def seed_style(epochs, data_dir):
 
 
 def this_repo(epochs, data_dir):
+    """The notebook itself, run headless (`headless.execute`) with these epochs into a temporary folder."""
     with tempfile.TemporaryDirectory() as results:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}  # nothing but these:
-        env.update(VAE_EPOCHS=str(epochs), VAE_RESULTS_DIR=results, VAE_DATA_DIR=str(data_dir), VAE_IW_SAMPLES="1")
+        parameters = {"epochs": epochs, "results_dir": results, "data_dir": str(data_dir), "iw_samples": 1}
         started = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "jupyter",
-                "nbconvert",
-                "--to",
-                "notebook",
-                "--execute",
-                "--output",
-                str(Path(results) / "executed.ipynb"),
-                "--ExecutePreprocessor.timeout=3600",
-                "Variational_autoencoder.ipynb",
-            ],
-            cwd=REPO,
-            env=env,
-            check=True,
-            capture_output=True,
-        )
+        headless.execute(parameters, echo=lambda text: None)
         wall = time.perf_counter() - started
-        metrics = json.loads((Path(results) / "metrics.json").read_text())
+        metrics = read_metrics(results)
     for row in metrics["epochs"]:
         print(f"  this repo  epoch {row['epoch']}: {row['train_loss']:.2f} train loss, {row['seconds']:.2f} s")
     return [row["seconds"] for row in metrics["epochs"]], metrics["test_loss"], wall
@@ -159,66 +140,63 @@ def gemm_floor(n_train=60_000, batch=128):
     return statistics.median(times), gflops, flops
 
 
+def spread(values) -> dict:
+    return {"median": statistics.median(values), "low": min(values), "high": max(values)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=5, help="epochs for both loops (>= 2; default 5)")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs of each loop in each round (>= 2; default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, the contenders interleaved (default 3)")
     parser.add_argument("--data-dir", default=str(REPO / "data"))
     args = parser.parse_args()
-    if args.epochs < 2:
-        parser.error("--epochs must be at least 2: the first epoch is excluded as warm-up")
+    if args.epochs < 2 or args.rounds < 1:
+        parser.error("--epochs must be at least 2 (the first epoch is warm-up) and --rounds at least 1")
     data_dir = mnist_data.ensure_mnist(args.data_dir)
-
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; {args.epochs} epochs each",
-        flush=True,
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
-    floor_before, gflops, flops = gemm_floor()
-    print("this repo (the notebook, headless) ...", flush=True)
-    ours, ours_loss, ours_wall = this_repo(args.epochs, data_dir)
-    print("seed-style baseline ...", flush=True)
-    base, base_loss = seed_style(args.epochs, data_dir)
-    floor_after, _, _ = gemm_floor()
-    floor = min(floor_before, floor_after)
-
+    print(f"machine: {machine}; {args.rounds} rounds of {args.epochs} epochs each", flush=True)
+    rounds, losses = [], {"this repo": [], "seed-style baseline": []}
+    for number in range(args.rounds):  # ABAB...: each round's ratio compares neighbours in time
+        times = {}
+        floor, peak, flops = gemm_floor()
+        times["GEMM floor"] = floor
+        order = ("this repo", "seed-style baseline") if number % 2 == 0 else ("seed-style baseline", "this repo")
+        for name in order:
+            print(f"round {number + 1}: {name} ...", flush=True)
+            seconds, loss, *_ = (
+                this_repo(args.epochs, data_dir) if name == "this repo" else seed_style(args.epochs, data_dir)
+            )
+            times[name], losses[name] = statistics.median(seconds[1:]), [*losses[name], loss]
+        times["peak_gflops"], times["floor_gflops"] = peak, flops / floor / 1e9
+        rounds.append(times)
     figures = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}",
+        "machine": machine,
         "epochs": args.epochs,
-        "baseline": {"seconds_per_epoch": statistics.median(base[1:]), "test_loss": base_loss},
-        "this_repo": {"seconds_per_epoch": statistics.median(ours[1:]), "test_loss": ours_loss, "wall": ours_wall},
-        "gemm_floor": {"seconds_per_epoch": floor, "gflops": flops / floor / 1e9, "peak_gflops": gflops},
+        "rounds": args.rounds,
+        "per_round": rounds,
+        "contenders": {
+            name: {
+                "seconds_per_epoch": statistics.median(r[name] for r in rounds),
+                **({"test_loss": statistics.median(losses[name])} if name in losses else {}),
+            }
+            for name in ("seed-style baseline", "this repo", "GEMM floor")
+        },
+        "ratios": {
+            "this repo is faster than the baseline by": spread(
+                [r["seed-style baseline"] / r["this repo"] for r in rounds]
+            ),
+            "this repo takes this many times the GEMM floor": spread(
+                [r["this repo"] / r["GEMM floor"] for r in rounds]
+            ),
+            "the GEMM floor's share of peak GEMM": spread([r["floor_gflops"] / r["peak_gflops"] for r in rounds]),
+        },
+        "peak_gflops": statistics.median(r["peak_gflops"] for r in rounds),
     }
-    print("\n" + table(figures))
-    run_support.write_json(RESULTS, figures)
+    print("\n" + benchmark_table(figures))
+    write_json(RESULTS, figures)
     print(f"\nwrote {RESULTS.relative_to(REPO)} (README's table: python3 tasks.py tables --write)")
-
-
-def table(figures) -> str:
-    """README's table and its ratios, from the figures of one benchmark run."""
-    base, ours, floor = figures["baseline"], figures["this_repo"], figures["gemm_floor"]
-    epochs = figures["epochs"]
-    lines = [f"| contender | s / epoch | images / s | test loss after {epochs} epochs |", "|---|---:|---:|---:|"]
-    for name, row in (("seed-style baseline (`DataLoader` + `ToTensor`, sigmoid + BCE, Adam)", base),
-                      ("this repo (the notebook, executed headless)", ours),
-                      ("GEMM floor (only the matrix products training computes)", floor)):  # fmt: skip
-        loss = f"{row['test_loss']:.2f}" if "test_loss" in row else ""
-        lines.append(f"| {name} | {row['seconds_per_epoch']:.2f} | {60_000 / row['seconds_per_epoch']:,.0f} | {loss} |")
-    b, o, f = (row["seconds_per_epoch"] for row in (base, ours, floor))
-    lines += [
-        "",
-        f"- this repo is **{b / o:.2f}×** faster than the baseline, and takes **{o / f:.2f}×** the time of "
-        f"the GEMM floor; its test loss after {epochs} epochs is {ours['test_loss'] - base['test_loss']:+.2f} "
-        "nats per image from the baseline's (another random stream, the same model).",
-        f"- the GEMM floor runs at {floor['gflops']:.0f} GFLOP/s, {floor['gflops'] / floor['peak_gflops']:.0%} "
-        f"of the {floor['peak_gflops']:.0f} GFLOP/s of one large square product (2048³) on this machine.",
-        f"- the whole notebook ({epochs} epochs, evaluation with k = 1, figures) took {ours['wall']:.0f} s of "
-        "wall time.",
-        f"- measured on {figures['machine']}; seconds per epoch are medians of epochs 2 to {epochs}. This "
-        "machine is shared and the same epoch takes 3.2 to 4.8 s from one minute to the next: compare "
-        "ratios from one run, not times across runs.",
-    ]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -6,15 +6,15 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import nbclient
 import nbformat
 import pytest
 
+import headless
 import mnist_data
+from settings import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 # Small notebook runs: a subset of MNIST, a cheap bound. Enough to exercise every cell.
-QUICK = {"VAE_TRAIN_SIZE": "1536", "VAE_TEST_SIZE": "256", "VAE_IW_SAMPLES": "2"}
+QUICK = {"train_size": 1536, "test_size": 256, "iw_samples": 2}
 
 
 def pytest_configure(config):
@@ -56,19 +56,31 @@ def mnist_copy(mnist_root, tmp_path):
     return tmp_path
 
 
+def without_settings(environ=None) -> dict:
+    return {k: v for k, v in (os.environ if environ is None else environ).items() if not k.upper().startswith("VAE_")}
+
+
 @pytest.fixture()
 def quick_env(mnist_root):
     """The environment of a small run: QUICK settings, the verified data, no other VAE_* variable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
-    return {**env, **QUICK, "VAE_DATA_DIR": str(mnist_root)}
+    quick = {f"VAE_{name.upper()}": str(value) for name, value in QUICK.items()}
+    return {**without_settings(), **quick, "VAE_DATA_DIR": str(mnist_root)}
 
 
-def run_notebook(env, results, **settings):
-    """Execute the notebook in a fresh kernel with `env` + settings into `results`; return it."""
-    env = {**env, **{f"VAE_{k.upper()}": str(v) for k, v in settings.items()}, "VAE_RESULTS_DIR": str(results)}
-    nb = nbformat.read(REPO / "Variational_autoencoder.ipynb", as_version=4)
-    nbclient.NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(REPO)}}).execute(env=env)
-    return nb
+@pytest.fixture()
+def quick(mnist_root):
+    """The parameters of a small run: QUICK settings and the verified data."""
+    return {**QUICK, "data_dir": str(mnist_root)}
+
+
+def run_notebook(parameters, results, **settings):
+    """Execute the notebook headless, as `tasks.py run` does, with these settings into `results`.
+
+    Returns the executed notebook; a failure raises `headless.RunFailed` (its `ename` names the error).
+    """
+    parameters = {**parameters, **settings, "results_dir": str(results)}
+    output = headless.execute(parameters, environ=without_settings(), echo=lambda text: None)
+    return nbformat.read(output, as_version=4)
 
 
 def tasks(*args, env, cwd=REPO, timeout=900):

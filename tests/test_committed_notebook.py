@@ -6,8 +6,8 @@ import os
 
 import nbformat
 import pytest
-
 import run_support
+
 from conftest import REPO, run_notebook
 
 NOTEBOOK = REPO / "Variational_autoencoder.ipynb"

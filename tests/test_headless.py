@@ -1,8 +1,8 @@
 """The notebook itself, run headless on a small subset, as a user runs it.
 
 Each test executes the real notebook (nothing copied out of it) in a fresh kernel with a few
-`VAE_*` settings, through nbclient or through `python3 tasks.py run`, and checks what the user
-sees: the files, the messages, the exit status.
+settings, through `headless.execute` or through `python3 tasks.py run`, and checks what the user
+sees: the files, the messages, the exit status, and that nothing of a stopped run goes on.
 """
 
 import json
@@ -12,11 +12,11 @@ import signal
 import subprocess
 import time
 
-import nbclient
 import psutil
 import pytest
 import torch
 
+import headless
 from conftest import REPO, run_notebook, tasks
 
 pytestmark = pytest.mark.slow
@@ -37,19 +37,23 @@ def weights(results):
     return torch.load(results / "checkpoint.pt", weights_only=True)["model"]
 
 
-def test_two_runs_with_the_same_seed_give_identical_numbers(quick_env, tmp_path):
-    run_notebook(quick_env, tmp_path / "a", epochs=1)
-    run_notebook(quick_env, tmp_path / "b", epochs=1)
+def outputs(nb) -> str:
+    return json.dumps([cell.get("outputs", []) for cell in nb.cells])
+
+
+def test_two_runs_with_the_same_seed_give_identical_numbers(quick, tmp_path):
+    run_notebook(quick, tmp_path / "a", epochs=1)
+    run_notebook(quick, tmp_path / "b", epochs=1)
     assert metrics_without_timings(tmp_path / "a") == metrics_without_timings(tmp_path / "b")
     for figure in ("samples.png", "manifold.png"):
         assert (tmp_path / "a" / figure).read_bytes() == (tmp_path / "b" / figure).read_bytes()
 
 
-def test_resuming_gives_the_same_weights_as_an_uninterrupted_run_and_records_what_changed(quick_env, tmp_path):
-    run_notebook(quick_env, tmp_path / "straight", epochs=2)
-    run_notebook(quick_env, tmp_path / "resumed", epochs=1)
-    nb = run_notebook(quick_env, tmp_path / "resumed", epochs=2, resume=1, iw_samples=3)
-    assert any("resuming after epoch 1" in json.dumps(cell.get("outputs", [])) for cell in nb.cells)
+def test_resuming_gives_the_same_weights_as_an_uninterrupted_run_and_records_what_changed(quick, tmp_path):
+    run_notebook(quick, tmp_path / "straight", epochs=2)
+    run_notebook(quick, tmp_path / "resumed", epochs=1)
+    nb = run_notebook(quick, tmp_path / "resumed", epochs=2, resume=True, iw_samples=3)
+    assert "resuming after epoch 1" in outputs(nb)
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert straight.keys() == resumed.keys()
     for name in straight:
@@ -60,61 +64,80 @@ def test_resuming_gives_the_same_weights_as_an_uninterrupted_run_and_records_wha
     assert record == [{"after_epoch": 1, "changed": {"epochs": [1, 2], "iw_samples": [2, 3]}}]
 
 
-def test_given_weights_skip_training_and_give_the_same_evaluation(quick_env, tmp_path):
-    run_notebook(quick_env, tmp_path / "trained", epochs=1)
-    nb = run_notebook(quick_env, tmp_path / "from-weights", weights=tmp_path / "trained" / "vae.pt")
-    assert any("no training: evaluating the weights" in json.dumps(c.get("outputs", [])) for c in nb.cells)
+def test_the_executed_notebook_of_an_experiment_records_its_settings_in_papermills_injected_cell(quick, tmp_path):
+    nb = run_notebook(quick, tmp_path / "run", epochs=1)
+    (injected,) = [cell for cell in nb.cells if "injected-parameters" in cell.metadata.get("tags", [])]
+    assert "epochs = 1" in injected.source and "train_size = 1536" in injected.source
+    assert nb.cells.index(injected) == 1 + next(i for i, c in enumerate(nb.cells) if c.get("id") == "parameters")
+
+
+def test_given_weights_skip_training_and_give_the_same_evaluation(quick, tmp_path):
+    run_notebook(quick, tmp_path / "trained", epochs=1)
+    nb = run_notebook(quick, tmp_path / "from-weights", weights=str(tmp_path / "trained" / "vae.pt"))
+    assert "no training: evaluating the weights" in outputs(nb)
     trained = json.loads((tmp_path / "trained" / "metrics.json").read_text())["evaluation"]
     given = json.loads((tmp_path / "from-weights" / "metrics.json").read_text())["evaluation"]
     assert given == trained
     assert not (tmp_path / "from-weights" / "checkpoint.pt").exists()
 
 
-def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(quick_env, tmp_path):
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(quick, tmp_path):
     results = tmp_path / "run"
-    run_notebook(quick_env, results, epochs=1)
+    run_notebook(quick, results, epochs=1)
     # A finite checkpoint whose log-variance head overflows exp() on the first batch of epoch 2.
     state = torch.load(results / "checkpoint.pt", weights_only=True)
     state["model"]["fc_log_var.bias"].fill_(100.0)
     torch.save(state, results / "checkpoint.pt")
     good = (results / "checkpoint.pt").read_bytes()
-    with pytest.raises(nbclient.exceptions.CellExecutionError) as error:
-        run_notebook(quick_env, results, epochs=2, resume=1)
+    with pytest.raises(headless.RunFailed) as error:
+        run_notebook(quick, results, epochs=2, resume=True)
     assert error.value.ename == "NonFiniteLossError"
-    assert "at epoch 2, batch 1 of 12" in error.value.evalue and "VAE_LR=0.0001" in error.value.evalue
+    assert "at epoch 2, batch 1 of 12" in str(error.value) and "lr = 0.0001 (VAE_LR=0.0001)" in str(error.value)
     assert (results / "checkpoint.pt").read_bytes() == good
 
 
-def test_a_divergence_on_the_last_step_of_an_epoch_is_never_checkpointed(quick_env, tmp_path):
+def test_a_divergence_on_the_last_step_of_an_epoch_is_never_checkpointed(quick, tmp_path):
     results = tmp_path / "run"
     one_batch = {"train_size": 100}  # one step per epoch: the first step is also the last
-    run_notebook(quick_env, results, epochs=1, **one_batch)
+    run_notebook(quick, results, epochs=1, **one_batch)
     # Adam's first moment of fc_mu.bias (parameter 5) is infinite: the loss of the step is finite,
     # the update after it is not.
     state = torch.load(results / "checkpoint.pt", weights_only=True)
     state["optimizer"]["state"][5]["exp_avg"].fill_(float("inf"))
     torch.save(state, results / "checkpoint.pt")
     good = (results / "checkpoint.pt").read_bytes()
-    with pytest.raises(nbclient.exceptions.CellExecutionError) as error:
-        run_notebook(quick_env, results, epochs=2, resume=1, **one_batch)
+    with pytest.raises(headless.RunFailed) as error:
+        run_notebook(quick, results, epochs=2, resume=True, **one_batch)
     assert error.value.ename == "NonFiniteLossError"
-    assert "at epoch 2, in the evaluation after it" in error.value.evalue
+    assert "at epoch 2, in the evaluation after it" in str(error.value)
     assert (results / "checkpoint.pt").read_bytes() == good
 
 
 def test_a_bad_setting_is_refused_in_one_line_before_any_work(quick_env, tmp_path):
     run = tasks("run", env={**quick_env, "VAE_EPOCHS": "0", "VAE_RESULTS_DIR": str(tmp_path / "run")})
-    assert run.returncode != 0
+    assert run.returncode == 2
     assert run.stderr.strip() == "error: SettingsError: epochs must be a whole number >= 1; got 0 (from VAE_EPOCHS)."
     assert "Traceback" not in run.stdout + run.stderr
     assert not (tmp_path / "run").exists()
 
 
-def test_in_jupyter_a_bad_setting_stops_the_notebook_in_its_settings_cell(quick_env, tmp_path):
-    with pytest.raises(nbclient.exceptions.CellExecutionError) as error:
-        run_notebook(quick_env, tmp_path / "run", batch_size=0)
-    assert error.value.ename == "SettingsError" and "batch_size must be a whole number >= 1" in error.value.evalue
-    assert not (tmp_path / "run").exists()
+@pytest.mark.parametrize(
+    ("args", "env", "words"),
+    [
+        (["--epochs", "2"], {}, "error: `python3 tasks.py run` takes no arguments; got '--epochs 2'."),
+        ([], {"vae_epochs": "2"}, "vae_epochs is not a setting: environment variables are upper case, VAE_EPOCHS."),
+        ([], {"VAE_RESULTS_DIR": "."}, "inside the repository a run writes only under runs/"),
+        ([], {"VAE_RESULTS_DIR": "results/studies"}, "results/ is the record of the spec run"),
+        ([], {"VAE_NAME": "n" * 300}, "name must be a folder name of at most 100 letters"),
+        ([], {"VAE_DEVICE": "cuda:99999999999999999999"}, "device must be auto, cpu, mps, cuda or cuda:N"),
+    ],
+)
+def test_what_a_user_may_type_wrong_is_refused_in_one_line_and_nothing_starts(quick_env, args, env, words):
+    before = {p: p.stat().st_mtime_ns for p in (REPO / "Variational_autoencoder.ipynb", REPO / "results")}
+    run = tasks("run", *args, env={**quick_env, "VAE_EPOCHS": "1", **env})
+    assert run.returncode == 2, run.stderr
+    assert words in run.stderr and len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+    assert before == {p: p.stat().st_mtime_ns for p in before}
 
 
 def test_a_failure_in_a_cell_ends_with_the_error_the_cell_and_the_executed_notebook(quick_env, tmp_path):
@@ -129,7 +152,9 @@ def test_a_failure_in_a_cell_ends_with_the_error_the_cell_and_the_executed_noteb
     first, second = run.stderr.strip().splitlines()
     assert first.startswith("error: NonFiniteLossError: The loss became NaN or infinite at epoch 2, batch 1 of 12")
     notebook = results / "Variational_autoencoder.ipynb"
-    assert second == f"  in code cell [14] (Training); the executed notebook: {notebook}"
+    executed = json.loads(notebook.read_text())
+    count = next(c["execution_count"] for c in executed["cells"] if c.get("id") == "train-loop")
+    assert second == f"  in code cell [{count}] (Training); the executed notebook: {notebook}"
     assert "NonFiniteLossError" in notebook.read_text()
 
 
@@ -148,26 +173,101 @@ def test_a_headless_run_shows_each_section_and_epoch_as_it_happens(quick_env, tm
     assert arrival["done:"] - arrival["epoch  1"] > 0.5
 
 
-def test_ctrl_c_stops_the_kernel_keeps_the_checkpoint_and_prints_one_line(quick_env, tmp_path):
-    results = tmp_path / "run"
-    env = {**quick_env, "VAE_RESULTS_DIR": str(results), "VAE_EPOCHS": "500"}
-    run = subprocess.Popen(["python3", "tasks.py", "run"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not (results / "checkpoint.pt").exists() and time.monotonic() < deadline:
+# ---- every way to stop a run ---------------------------------------------------------------------
+def start(env, results, epochs="500"):
+    """`python3 tasks.py run` in a session of its own (as a terminal would start it), into `results`."""
+    env = {**env, "VAE_RESULTS_DIR": str(results), "VAE_EPOCHS": epochs}
+    return subprocess.Popen(["python3", "tasks.py", "run"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+
+
+def wait_for(condition, seconds=180):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
         time.sleep(0.2)
-    kernels = [p for p in psutil.Process(run.pid).children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
-    assert kernels, "no kernel is running"
-    os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+
+
+def the_run(run) -> list:
+    """The run's process and everything it started (the kernel among them)."""
+    parent = psutil.Process(run.pid)
+    return [parent, *parent.children(recursive=True)]
+
+
+@pytest.mark.parametrize(
+    ("how", "signum", "code", "name"),
+    [
+        ("Ctrl-C in the terminal", signal.SIGINT, 130, "Ctrl-C"),
+        ("kill, to tasks.py alone", signal.SIGTERM, 143, "SIGTERM"),
+        ("kill, to its process group", signal.SIGTERM, 143, "SIGTERM"),
+        ("the terminal closed", signal.SIGHUP, 129, "SIGHUP"),
+    ],
+)
+def test_every_way_to_stop_a_run_ends_all_of_it_keeps_the_checkpoint_and_says_so_in_one_line(
+    quick_env, tmp_path, how, signum, code, name
+):
+    results = tmp_path / "run"
+    run = start(quick_env, results)
+    wait_for(lambda: (results / "checkpoint.pt").exists())
+    processes = the_run(run)
+    assert any("ipykernel" in " ".join(p.cmdline()) for p in processes), "no kernel is running"
+    if "alone" in how:
+        os.kill(run.pid, signum)
+    else:
+        os.killpg(run.pid, signum)
     out, err = run.communicate(timeout=60)
-    assert run.returncode == 130 and "Traceback" not in out + err
-    last = err.strip().splitlines()
-    assert len(last) == 1 and last[0].startswith("interrupted: the kernel is stopped; ")
+    assert run.returncode == code and "Traceback" not in out + err, err
+    (last,) = err.strip().splitlines()
     epoch = torch.load(results / "checkpoint.pt", weights_only=True)["epoch"]
-    assert f"keeps epoch {epoch}: run the same command with VAE_RESUME=1 to continue." in last[0]
-    psutil.wait_procs(kernels, timeout=10)
-    assert not any(p.is_running() for p in kernels)
+    assert last == (
+        f"stopped ({name}): the kernel is shut down; {results / 'checkpoint.pt'} keeps epoch {epoch}: "
+        "run the same command with VAE_RESUME=1 to go on."
+    )
+    psutil.wait_procs(processes, timeout=10)
+    assert not any(p.is_running() for p in processes), "something of the run outlived it"
     assert not list(results.glob(".*.tmp"))
+
+
+def test_ctrl_c_before_the_kernel_starts_ends_in_one_line(quick_env, tmp_path):
+    run = start(quick_env, tmp_path / "run")
+    time.sleep(1.5)  # tasks.py has become headless.py, which is still loading torch
+    os.killpg(run.pid, signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and "Traceback" not in out + err, err
+    assert err.strip().endswith("nothing was written.") and len(err.strip().splitlines()) == 1
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_process(quick_env, tmp_path):
+    results = tmp_path / "run"
+    first = start(quick_env, results)
+    try:
+        wait_for(lambda: (results / "checkpoint.pt").exists())
+        second = tasks("run", env={**quick_env, "VAE_RESULTS_DIR": str(results), "VAE_EPOCHS": "500"})
+        resumed = tasks(
+            "run", env={**quick_env, "VAE_RESULTS_DIR": str(results), "VAE_EPOCHS": "500", "VAE_RESUME": "1"}
+        )
+        for refused in (second, resumed):
+            assert refused.returncode == 2 and "Traceback" not in refused.stderr
+            assert "is in use by process" in refused.stderr and "ipykernel" in refused.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGTERM)
+        first.communicate(timeout=60)
+
+
+def test_a_run_stopped_during_its_evaluation_is_evaluated_without_training_again(quick_env, tmp_path):
+    results = tmp_path / "run"
+    env = {**quick_env, "VAE_IW_SAMPLES": "5000", "VAE_TEST_SIZE": "2000"}  # a slow bound: time to stop it
+    run = start(env, results, epochs="2")
+    for line in run.stdout:
+        if line.startswith("-- How good is the model?"):
+            break
+    os.killpg(run.pid, signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and "keeps all 2 epochs: run the same command again to evaluate it." in err
+    again = tasks("run", env={**env, "VAE_RESULTS_DIR": str(results), "VAE_EPOCHS": "2", "VAE_IW_SAMPLES": "2"})
+    assert again.returncode == 0, again.stderr
+    assert "is trained (2 epochs): its checkpoint is loaded" in again.stdout and "epoch  1" not in again.stdout
+    assert [row["epoch"] for row in json.loads((results / "metrics.json").read_text())["epochs"]] == [1, 2]
 
 
 def test_the_readme_experiment_leaves_the_committed_record_untouched(quick_env, tmp_path):

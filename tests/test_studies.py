@@ -1,16 +1,20 @@
-"""studies: the runner continues where it stopped, names a failing run, and README's tables are
-generated from the committed metrics.json files."""
+"""studies and summaries: the runner continues where it stopped, copies a run it already has, goes on
+from a shorter run's checkpoint, names a failing run; summaries and README's tables come from the
+committed metrics.json files, and refuse a missing or broken one."""
 
 import json
 import statistics
 
 import pytest
+import torch
 
-import run_support
+import run_files
 import studies
-from conftest import QUICK, REPO
+import summaries
+from conftest import QUICK, REPO, run_notebook
+from spec import SPEC
 
-SMALL = {"epochs": 1, "train_size": int(QUICK["VAE_TRAIN_SIZE"]), "test_size": 256, "iw_samples": 2}
+SMALL = {"epochs": 1, **QUICK}
 TWO_RUNS = {"seed0": {"seed": 0, **SMALL}, "seed1": {"seed": 1, **SMALL}}
 
 
@@ -21,10 +25,7 @@ def test_the_runner_runs_each_run_once_continues_and_names_a_failing_run(quick_e
     for run in TWO_RUNS:
         metrics = json.loads((tmp_path / run / "metrics.json").read_text())
         assert metrics["settings"]["seed"] == TWO_RUNS[run]["seed"] and len(metrics["epochs"]) == 1
-    assert (tmp_path / "summary.md").is_file() and set(json.loads((tmp_path / "timings.json").read_text())) == {
-        "seed0",
-        "seed1",
-    }
+    assert set(json.loads((tmp_path / "timings.json").read_text())) == {"seed0", "seed1"}
 
     made = {run: (tmp_path / run / "metrics.json").stat().st_mtime_ns for run in TWO_RUNS}
     said.clear()
@@ -40,7 +41,9 @@ def test_the_runner_runs_each_run_once_continues_and_names_a_failing_run(quick_e
     assert made["seed0"] == (tmp_path / "seed0" / "metrics.json").stat().st_mtime_ns
 
     failing = {**TWO_RUNS, "broken": {"seed": 2, **SMALL, "test_size": 5}}
-    with pytest.raises(studies.StudyFailed, match=r"study tiny: run broken refused: test_size must be .*got 5"):
+    with pytest.raises(
+        studies.StudyFailed, match=r"study tiny: run broken refused: test_size must be .*got 5 \(from study tiny\)"
+    ):
         studies.run_study("tiny", failing, tmp_path, quick_env, echo=said.append)
     assert made["seed0"] == (tmp_path / "seed0" / "metrics.json").stat().st_mtime_ns
 
@@ -48,40 +51,99 @@ def test_the_runner_runs_each_run_once_continues_and_names_a_failing_run(quick_e
 def constructed_run(folder, seed, test_loss, iw_bound, active, latent_dim=20):
     epochs = [{"epoch": e, "test_loss": test_loss + 10 / e} for e in (1, 2, 3)]
     epochs[-1]["test_loss"] = test_loss
-    settings = {**run_support.SPEC, "seed": seed, "latent_dim": latent_dim}
+    settings = {**SPEC, "seed": seed, "latent_dim": latent_dim}
     evaluation = {
         "iw_bound": iw_bound,
         "iw_samples": 50,
         "active_units": active,
         "kl_per_dimension": [0.5] * latent_dim,
     }
-    metrics = {"settings": settings, "epochs": epochs, "test_loss": test_loss, "evaluation": evaluation}
-    run_support.write_json(folder / "metrics.json", metrics)
+    metrics = {
+        "settings": settings,
+        "finished": True,
+        "epochs": epochs,
+        "test_loss": test_loss,
+        "evaluation": evaluation,
+    }
+    run_files.write_json(folder / "metrics.json", metrics)
 
 
 def test_the_seeds_summary_gives_the_mean_and_sample_standard_deviation(tmp_path):
-    losses, bounds, active = [100.0, 102.0, 104.0], [-96.0, -97.0, -99.0], [12, 12, 13]
-    for seed in range(3):
+    losses, bounds, active = (
+        [100.0, 102.0, 104.0, 101.0, 103.0],
+        [-96.0, -97.0, -99.0, -97.0, -96.0],
+        [12, 12, 13, 12, 11],
+    )
+    for seed in range(5):
         constructed_run(tmp_path / f"seed{seed}", seed, losses[seed], bounds[seed], active[seed])
-    table = studies.summarize("seeds", tmp_path)
-    assert "| test loss (negative ELBO) | 102.00 | 2.00 |" in table
-    assert f"| importance-weighted bound, k = 50 | -97.33 | {statistics.stdev(bounds):.2f} |" in table
-    assert "| active units (of 20) | 12.3 | 0.6 |" in table
+    table = summaries.summarize("seeds", tmp_path)
+    assert f"| test loss (negative ELBO) | 102.00 | {statistics.stdev(losses):.2f} |" in table  # 1.58: n - 1
+    assert f"| importance-weighted bound, k = 50 | -97.00 | {statistics.stdev(bounds):.2f} |" in table
+    assert "| active units (of 20) | 12.0 | 0.7 |" in table
     assert (tmp_path / "test_loss_by_seed.png").is_file() and (tmp_path / "summary.md").read_text().count("|") > 10
 
 
 def test_the_latent_sizes_summary_orders_by_size_and_draws_its_figure(tmp_path):
-    for size, loss in ((20, 100.5), (2, 140.0), (5, 110.0)):
+    for size, loss in ((20, 100.5), (2, 140.0), (50, 100.9), (5, 110.0), (10, 102.0)):
         constructed_run(tmp_path / f"latent{size}", 0, loss, -loss + 3, min(size, 12), latent_dim=size)
-    rows = [line for line in studies.summarize("latent_sizes", tmp_path).splitlines() if line[2:3].isdigit()]
-    assert [row.split("|")[1].strip() for row in rows] == ["2", "5", "20"]
-    assert "… (8 more)" in rows[-1]
+    rows = [line for line in summaries.summarize("latent_sizes", tmp_path).splitlines() if line[2:3].isdigit()]
+    assert [row.split("|")[1].strip() for row in rows] == ["2", "5", "10", "20", "50"]
+    assert "… (8 more)" in rows[-2] and "… (38 more)" in rows[-1]
     assert (tmp_path / "latent_size.png").is_file()
 
 
-def test_readme_tables_are_what_the_code_makes_of_the_committed_metrics():
-    readme = (REPO / "README.md").read_text()
-    tables = studies.readme_tables()
+def test_readme_and_docs_tables_are_what_the_code_makes_of_the_committed_files():
+    texts = {doc: (REPO / doc).read_text() for doc in summaries.DOCUMENTS}
+    tables = summaries.readme_tables()
     for name in tables:
-        assert f"<!-- table: {name} -->" in readme, f"README has no generated block {name}"
-    assert studies.readme_with_tables(readme, tables) == readme, "run `python3 tasks.py tables --write`"
+        assert any(f"<!-- table: {name} -->" in text for text in texts.values()), f"no generated block {name}"
+    for doc, text in texts.items():
+        assert summaries.with_tables(text, tables) == text, f"{doc}: run `python3 tasks.py tables --write`"
+
+
+def test_a_summary_over_fewer_runs_than_the_study_defines_is_refused_and_not_written(tmp_path):
+    for seed in (0, 1, 2, 4):  # seed3 missing
+        constructed_run(tmp_path / f"seed{seed}", seed, 100.0 + seed, -97.0, 12)
+    with pytest.raises(run_files.UnreadableRun, match=r"seed3/metrics.json is missing \(1 of 5 runs not done\)"):
+        summaries.summarize("seeds", tmp_path)
+    assert not (tmp_path / "summary.md").exists()
+
+
+def test_a_broken_metrics_json_in_a_study_is_named_by_the_tables_command(tmp_path, monkeypatch):
+    for seed in range(5):
+        constructed_run(tmp_path / "seeds" / f"seed{seed}", seed, 100.0, -97.0, 12)
+    (tmp_path / "seeds" / "seed2" / "metrics.json").write_text('{"settings": {"seed": 2')  # cut short
+    monkeypatch.setattr(summaries, "STUDY_RECORD", tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        summaries.main([])
+    assert str(stop.value).startswith("error: ") and "seeds/seed2/metrics.json cannot be read (JSONDecodeError" in str(
+        stop.value
+    )
+
+
+@pytest.mark.slow
+def test_a_longer_run_goes_on_from_a_shorter_runs_checkpoint_with_the_numbers_of_a_run_from_scratch(
+    quick_env, tmp_path
+):
+    said = []
+    chain = {"short": {**SMALL, "epochs": 1}, "long": {**SMALL, "epochs": 2}}
+    studies.run_study("chain", chain, tmp_path / "study", quick_env, echo=said.append)
+    assert "    continuing from short's checkpoint" in said
+    run_notebook({**QUICK, "data_dir": quick_env["VAE_DATA_DIR"]}, tmp_path / "scratch", epochs=2)
+    long, scratch = (
+        torch.load(p / "checkpoint.pt", weights_only=True) for p in (tmp_path / "study/long", tmp_path / "scratch")
+    )
+    assert all(torch.equal(long["model"][name], scratch["model"][name]) for name in scratch["model"])
+    assert json.loads((tmp_path / "study/long/metrics.json").read_text())["resumed"][0]["after_epoch"] == 1
+
+
+def test_a_run_with_the_settings_of_a_finished_run_elsewhere_is_copied_not_run_again(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "record" / "studies" / "other" / "same"
+    constructed_run(elsewhere, 7, 100.0, -97.0, 12)
+    (elsewhere / "samples.png").write_bytes(b"png")
+    monkeypatch.setattr(studies, "RECORD", tmp_path / "record")
+    said = []
+    studies.run_study("mine", {"copy": {"seed": 7}}, tmp_path / "mine", {}, echo=said.append)
+    assert said == [f"[1/1] mine/copy: the same settings as {elsewhere}, copied from there"]
+    assert (tmp_path / "mine" / "copy" / "metrics.json").read_text() == (elsewhere / "metrics.json").read_text()
+    assert (tmp_path / "mine" / "copy" / "samples.png").read_bytes() == b"png"

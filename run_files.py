@@ -1,0 +1,246 @@
+"""The files of a run's folder, written safely and read with suspicion.
+
+* writes      -- `atomic_path`, `write_text`, `write_json`: a temporary file renamed into place, so a
+                 stopped run never leaves a half-written file.
+* metrics     -- `read_metrics`, the one reader of metrics.json.
+* checkpoints -- `save_checkpoint` / `load_checkpoint` and `save_weights` / `load_weights`, which
+                 trust a file only when it is what it claims (`CheckpointError` otherwise).
+* the lock    -- `lock_folder`: one writer per run folder, held until the process ends.
+"""
+
+import contextlib
+import errno
+import fcntl
+import io
+import json
+import os
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+
+# ---- writes ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    Temporary files that a killed earlier write of `path` left behind are removed first. A full
+    disk raises an `OSError` that names `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"No space left on the device to write {path}") from None
+        raise
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_text(path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path, obj) -> Path:
+    """JSON, atomically; NaN or infinity is refused (a JSON reader would reject the file)."""
+    return write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+class UnreadableRun(ValueError):
+    """A run's metrics.json is missing or cannot be read; the message names the file."""
+
+
+def read_metrics(folder, missing_ok=False):
+    """The metrics.json of the run in `folder`; None when it is missing and `missing_ok`."""
+    path = Path(folder) / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise UnreadableRun(f"{path} is missing: that run has not finished.") from None
+    except (OSError, ValueError) as error:
+        raise UnreadableRun(f"{path} cannot be read ({type(error).__name__}: {error}).") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("settings"), dict):
+        raise UnreadableRun(f"{path} is not the metrics.json of a run: it has no settings.")
+    return metrics
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used: unreadable, not ours, or from other settings."""
+
+
+CHECKPOINT_TYPES = {
+    "model": dict,
+    "optimizer": dict,
+    "epoch": int,
+    "metrics": list,
+    "settings": dict,
+    "rng": torch.Tensor,
+    "resumed": list,
+}
+
+
+def save_checkpoint(path, state: dict) -> Path:
+    """torch.save to a temporary file, then rename: the previous checkpoint survives a crash.
+
+    Saved through a buffer, so the archive's inner name is always the same: the same state gives
+    the same bytes (a re-run with the same numbers does not rewrite a committed vae.pt).
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    return Path(path)
+
+
+def safe_load(path, what):
+    """torch.load(weights_only=True), or CheckpointError with the reason in one line.
+
+    torch.save writes a zip archive: anything else (empty, truncated, another format) is refused
+    before torch reads it. A forbidden global is named, without torch's advice to turn off the
+    safe loader.
+    """
+    path = Path(path)
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{what} cannot be used: it is truncated or not a PyTorch file.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 -- whatever torch.load raised, the file is unusable
+        text = str(error)
+        forbidden = re.search(r"GLOBAL ([\w.]+)", text)
+        if forbidden:
+            reason = (
+                f"it names the Python object {forbidden.group(1)}, which a checkpoint never holds "
+                "(refused unread: loading it could run code)"
+            )
+        else:
+            first = next((line for line in text.splitlines() if line.strip() and "weights_only" not in line), "")
+            reason = f"{type(error).__name__}: {first[:200]}"
+        raise CheckpointError(f"{what} cannot be used: {reason}.") from None
+
+
+def load_checkpoint(path, model=None) -> dict:
+    """Load a checkpoint written by `save_checkpoint` with `weights_only=True` (it runs no code).
+
+    Raises `CheckpointError`, stating the reason, when the file cannot be read, is not a checkpoint
+    of this notebook (keys, types), or holds another model (with `model`: names or shapes differ).
+    Whether its settings fit the run is `settings.check_folder`'s question.
+    """
+    state = safe_load(path, f"the checkpoint {path}")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a checkpoint of this notebook: it holds a {type(state).__name__}.")
+    state.setdefault("resumed", [])
+    wrong = [
+        f"{key} (expected {kind.__name__}, found {type(state.get(key)).__name__})"
+        for key, kind in CHECKPOINT_TYPES.items()
+        if not isinstance(state.get(key), kind)
+    ]
+    if not wrong and not all(isinstance(t, torch.Tensor) for t in state["model"].values()):
+        wrong.append("model (not all tensors)")
+    if not wrong and (state["epoch"] < 1 or len(state["metrics"]) != state["epoch"]):
+        wrong.append(f"epoch {state['epoch']} with {len(state['metrics'])} epochs of metrics")
+    if wrong:
+        raise CheckpointError(f"{path} is not a checkpoint of this notebook: wrong {', '.join(wrong)}.")
+    if model is not None:
+        check_weights(state["model"], model, path)
+    return state
+
+
+def save_weights(path, model) -> Path:
+    """The trained weights alone (the state dict), for the `weights` setting or `model.load_state_dict`."""
+    return save_checkpoint(path, model.state_dict())
+
+
+def load_weights(path, model) -> None:
+    """Load a state dict written by `save_weights` into `model`, safely, or raise CheckpointError."""
+    weights = safe_load(path, f"weights={path}")
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise CheckpointError(f"weights={path} is not a weights file (a state dict of tensors).")
+    check_weights(weights, model, f"weights={path}")
+    model.load_state_dict(weights)
+
+
+def check_weights(weights: dict, model, path):
+    """CheckpointError unless `weights` has exactly the names and shapes of `model`'s parameters."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in weights.items()}
+    if found != expected:
+        diff = sorted(set(found) ^ set(expected)) or [
+            f"{n} {found[n]} instead of {expected[n]}" for n in expected if found[n] != expected[n]
+        ]
+        raise CheckpointError(f"{path} holds another model: {', '.join(map(str, diff[:4]))} (another latent_dim?).")
+
+
+# ---- one writer per run folder ---------------------------------------------------------------
+class FolderInUse(RuntimeError):
+    """Another process holds the run folder's lock."""
+
+
+HELD = {}  # folder -> the open lock file: kept open (and locked) for as long as this process lives
+
+
+def lock_folder(folder: Path) -> None:
+    """Take the run folder's lock (an OS lock on `folder/.lock`) for the rest of this process.
+
+    The operating system releases it when the process ends, however it ends: a killed run leaves
+    no stale lock. Taking it again in the same process (a notebook cell run twice) is a no-op.
+    Another process's lock raises `FolderInUse` naming that process.
+    """
+    folder = Path(folder).resolve()
+    if folder in HELD and still_there(HELD[folder], folder / ".lock"):
+        return
+    release_folders()  # one run per process: a notebook whose settings changed gives up its old folder
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / ".lock", "a+")  # noqa: SIM115 -- held open on purpose, until the process ends
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise FolderInUse(f"{folder} is in use by {holder}: one run at a time writes a folder.") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} ({describe_process(os.getpid())})\n")
+    handle.flush()
+    HELD[folder] = handle
+
+
+def still_there(handle, path: Path) -> bool:
+    """The lock file we hold is still the one at `path` (a deleted folder takes its lock with it)."""
+    try:
+        return os.fstat(handle.fileno()).st_ino == path.stat().st_ino
+    except OSError:
+        return False
+
+
+def release_folders() -> None:
+    """Give up every lock this process holds (a notebook that changes its results folder)."""
+    for handle in HELD.values():
+        handle.close()
+    HELD.clear()
+
+
+def describe_process(pid) -> str:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "a Python process"
+    return command.strip()[:120] or "a Python process"

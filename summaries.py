@@ -1,0 +1,286 @@
+"""Tables and figures from metrics.json files alone: each study's summary, and README's generated blocks.
+
+    python3 tasks.py tables [--write]     # every generated block of README.md and docs/, from the committed files
+
+A generated block is written `<!-- table: NAME -->...<!-- end: NAME -->` in README.md or a page of
+docs/; `--write` rewrites them, and a test checks that the committed text is what the code makes.
+"""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from run_files import UnreadableRun, read_metrics, write_text
+from settings import RECORD, REPO, STUDY_RECORD
+from spec import SETTINGS
+from study_figures import beta_figure, budget_figure, latent_sizes_figure, seeds_figure
+from study_plans import BURDA, BURDA_MODEL, PUBLISHED, STUDIES
+
+DOCUMENTS = ["README.md", "docs/studies.md", "docs/settings.md", "docs/performance.md"]
+BENCHMARK = REPO / "benchmarks" / "results.json"
+
+
+def seeds_table(runs: dict, minutes=None) -> str:
+    first = next(iter(runs.values()))
+    k, latent = first["evaluation"]["iw_samples"], first["settings"]["latent_dim"]
+    rows = [
+        ("test loss (negative ELBO)", [m["test_loss"] for m in runs.values()], ".2f"),
+        (f"importance-weighted bound, k = {k}", [m["evaluation"]["iw_bound"] for m in runs.values()], ".2f"),
+        (f"active units (of {latent})", [m["evaluation"]["active_units"] for m in runs.values()], ".1f"),
+    ]
+    seeds = ", ".join(str(m["settings"]["seed"]) for m in runs.values())
+    lines = [f"| over {len(runs)} seeds ({seeds}) | mean | sd |", "|---|---:|---:|"]
+    for label, values, fmt in rows:
+        mean, sd = statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+        lines.append(f"| {label} | {mean:{fmt}} | {sd:{fmt}} |")
+    return "\n".join(lines)
+
+
+def likelihoods_table(runs: dict) -> str:
+    lines = [
+        "| likelihood | test loss | ELBO (k = 1) | importance-weighted bound | k | active units |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for m in runs.values():
+        e = m["evaluation"]
+        lines.append(
+            f"| `{m['settings']['likelihood']}` | {m['test_loss']:.2f} | {e['elbo']:.2f} ± {e['elbo_se']:.2f} "
+            f"| {e['iw_bound']:.2f} ± {e['iw_bound_se']:.2f} | {e['iw_samples']} | {e['active_units']} |"
+        )
+    return "\n".join(lines)
+
+
+def published_table(runs: dict) -> str:
+    lines = ["| model | -log p(x), nats (binarised MNIST test set) | notes |", "|---|---:|---|"]
+    for m in runs.values():
+        if m["settings"]["likelihood"] == "binarized":
+            e, s = m["evaluation"], m["settings"]
+            lines.append(
+                f"| this repo (784-512-256-{s['latent_dim']}, {s['epochs']} epochs) | "
+                f"{-e['iw_bound']:.2f} ± {e['iw_bound_se']:.2f} | k = {e['iw_samples']}, "
+                f"{s['test_size']:,} test images, seed {s['seed']} |"
+            )
+    lines += [f"| {who} | {value:.2f} | {notes} |" for who, value, notes in PUBLISHED]
+    return "\n".join(lines)
+
+
+def latent_sizes_table(runs: dict, minutes=None) -> str:
+    lines = [
+        "| latent size | test loss | importance-weighted bound (k) | active units "
+        "| KL per dimension, largest first (nats) |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    for m in sorted(runs.values(), key=lambda m: m["settings"]["latent_dim"]):
+        e = m["evaluation"]
+        kl = sorted(e["kl_per_dimension"], reverse=True)
+        shown = " ".join(f"{v:.2f}" for v in kl[:12]) + (f" … ({len(kl) - 12} more)" if len(kl) > 12 else "")
+        lines.append(
+            f"| {m['settings']['latent_dim']} | {m['test_loss']:.2f} | {e['iw_bound']:.2f} ({e['iw_samples']}) "
+            f"| {e['active_units']} | {shown} |"
+        )
+    return "\n".join(lines)
+
+
+def main_table(metrics: dict) -> str:
+    e = metrics["evaluation"]
+    return "\n".join(
+        [
+            f"| after {len(metrics['epochs'])} epochs (test set, {metrics['settings']['test_size']:,} images, "
+            "nats per image) | value |",
+            "|---|---:|",
+            f"| test loss (negative ELBO, analytic KL) | {metrics['test_loss']:.2f} |",
+            f"| of which reconstruction / KL | {e['test_recon']:.2f} / {e['test_kl']:.2f} |",
+            f"| ELBO, one sample per image (k = 1) | {e['elbo']:.2f} ± {e['elbo_se']:.2f} |",
+            f"| importance-weighted bound, k = {e['iw_samples']} (Burda et al. 2015) "
+            f"| {e['iw_bound']:.2f} ± {e['iw_bound_se']:.2f} |",
+            f"| active units (Var μ > {e['active_unit_threshold']}) "
+            f"| {e['active_units']} of {metrics['settings']['latent_dim']} |",
+        ]
+    )
+
+
+def load_timings(root: Path) -> dict:
+    """Seconds of wall time per run of a study (timings.json), or {}."""
+    path = Path(root) / "timings.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def timing_line(name) -> str:
+    seconds = sum(load_timings(STUDY_RECORD / name).values())
+    return f"{len(STUDIES[name])} runs, {seconds / 60:.0f} minutes of wall time"
+
+
+def beta_table(runs: dict, minutes=None) -> str:
+    lines = [
+        "| beta | distortion: test reconstruction | rate: test KL | test loss (beta = 1) "
+        "| importance-weighted bound (k) | active units |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in sorted(runs.values(), key=lambda m: m["settings"].get("beta", 1.0)):
+        e = m["evaluation"]
+        lines.append(
+            f"| {m['settings'].get('beta', 1.0):g} | {e['test_recon']:.2f} | {e['test_kl']:.2f} | {m['test_loss']:.2f} "
+            f"| {e['iw_bound']:.2f} ({e['iw_samples']}) | {e['active_units']} of {m['settings']['latent_dim']} |"
+        )
+    return "\n".join(lines)
+
+
+def objectives_table(runs: dict, minutes=None) -> str:
+    minutes = minutes or {}
+    lines = [
+        "| objective (binarised MNIST, 20 epochs) | -log p(x), k = 5000 | test -ELBO | active units | minutes "
+        "| Burda et al. 2016: -log p(x) (active units) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for run, m in runs.items():
+        s, e = m["settings"], m["evaluation"]
+        objective, k = s.get("objective", "elbo"), s.get("train_samples", 1)
+        label = "ELBO" if objective == "elbo" else f"IWAE, k = {k}"
+        if s.get("kl_warmup"):
+            label += f", KL warm-up over {s['kl_warmup']} epochs"
+        published = BURDA.get((objective, k)) if not s.get("kl_warmup") else None
+        lines.append(
+            f"| {label} | {-e['iw_bound']:.2f} ± {e['iw_bound_se']:.2f} | {m['test_loss']:.2f} "
+            f"| {e['active_units']} of {s['latent_dim']} | {minutes.get(run, 0) / 60:.0f} "
+            f"| {f'{published[0]:.2f} ({published[1]})' if published else '-'} |"
+        )
+    lines.append(f"\nBurda et al.'s model: {BURDA_MODEL}. This repo's: 784-512-256-20 (ReLU), 20 epochs, Adam 1e-3.")
+    return "\n".join(lines)
+
+
+def budget_table(runs: dict, minutes=None) -> str:
+    minutes = minutes or {}
+    lines = [
+        "| passes over the data | -log p(x), k = 5000 | test -ELBO | train -ELBO (last epoch) "
+        "| active units | minutes |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run, m in sorted(runs.items(), key=lambda kv: kv[1]["settings"]["epochs"]):
+        e = m["evaluation"]
+        lines.append(
+            f"| {m['settings']['epochs']} | {-e['iw_bound']:.2f} ± {e['iw_bound_se']:.2f} | {m['test_loss']:.2f} "
+            f"| {m['epochs'][-1]['train_loss']:.2f} | {e['active_units']} | {minutes.get(run, 0) / 60:.0f} |"
+        )
+    lines.append(f"| Burda et al. 2016, VAE: 3,280 | {BURDA[('elbo', 1)][0]:.2f} | | | {BURDA[('elbo', 1)][1]} | |")
+    return "\n".join(lines)
+
+
+SUMMARIES = {  # study -> (table, figure file and function)
+    "seeds": (seeds_table, "test_loss_by_seed.png", seeds_figure),
+    "likelihoods": (lambda runs, minutes=None: likelihoods_table(runs) + "\n\n" + published_table(runs), None, None),
+    "latent_sizes": (latent_sizes_table, "latent_size.png", latent_sizes_figure),
+    "beta": (beta_table, "rate_distortion.png", beta_figure),
+    "objectives": (objectives_table, None, None),
+    "budget": (budget_table, "budget.png", budget_figure),
+}
+
+
+def summarize(name, root=None) -> str:
+    """Rebuild study `name`'s summary.md and figure from its runs' metrics.json files; return the table.
+
+    Every run the study defines must be there: a summary over fewer runs is refused, not written.
+    """
+    root = Path(root or STUDY_RECORD / name)
+    planned = list(STUDIES.get(name, {}))
+    missing = [run for run in planned if not (root / run / "metrics.json").exists()]
+    if missing:
+        raise UnreadableRun(
+            f"study {name}: {root / missing[0] / 'metrics.json'} is missing ({len(missing)} of {len(planned)} runs "
+            f"not done); `python3 tasks.py study {name}` finishes them. The summary is left as it was."
+        )
+    runs = {p.parent.name: read_metrics(p.parent) for p in sorted(root.glob("*/metrics.json"))}
+    runs = dict(sorted(runs.items(), key=lambda kv: planned.index(kv[0]) if kv[0] in planned else len(planned)))
+    table_of, figure, draw = SUMMARIES.get(name, (seeds_table, None, None))
+    table = table_of(runs, load_timings(root))
+    write_text(root / "summary.md", f"# Study `{name}`\n\n{table}\n")
+    if figure:
+        draw(runs, root / figure)
+    return table
+
+
+# ---- README's tables --------------------------------------------------------------------------
+def settings_table() -> str:
+    """The table of settings, from `settings.SETTINGS`."""
+
+    def shown(value):
+        return repr(value) if isinstance(value, str | bool) else f"{value:_}" if isinstance(value, int) else str(value)
+
+    lines = ["| setting | default | what it does | accepts |", "|---|---|---|---|"]
+    for name, setting in SETTINGS.items():
+        lines.append(
+            f"| `{name}` (`VAE_{name.upper()}`) | `{shown(setting.default)}` | {setting.help} | {setting.accepts} |"
+        )
+    return "\n".join(lines)
+
+
+def benchmark_table(figures: dict) -> str:
+    """The benchmark's tables: each contender's seconds per epoch, then each ratio with its range over rounds."""
+    epochs, rounds = figures["epochs"], figures["rounds"]
+    lines = [
+        f"| contender ({rounds} rounds of {epochs} epochs, interleaved) | s / epoch (median) | images / s "
+        f"| test loss after {epochs} epochs |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, row in figures["contenders"].items():
+        loss = f"{row['test_loss']:.2f}" if "test_loss" in row else ""
+        lines.append(f"| {name} | {row['seconds_per_epoch']:.2f} | {60_000 / row['seconds_per_epoch']:,.0f} | {loss} |")
+    lines += ["", f"| ratio, per round | median | range over {rounds} rounds |", "|---|---:|---:|"]
+    for name, ratio in figures["ratios"].items():
+        shown = "{:.0%}" if "share" in name else "{:.2f}x"
+        low, high = shown.format(ratio["low"]), shown.format(ratio["high"])
+        lines.append(f"| {name} | {shown.format(ratio['median'])} | {low} to {high} |")
+    lines.append(f"\nMeasured on {figures['machine']}; peak GEMM {figures['peak_gflops']:.0f} GFLOP/s (2048³).")
+    return "\n".join(lines)
+
+
+def readme_tables() -> dict:
+    """Every generated block of README.md and docs/, by name, from the committed files."""
+    tables = {"main": main_table(read_metrics(RECORD)), "settings": settings_table()}
+    if BENCHMARK.exists():
+        tables["bench"] = benchmark_table(json.loads(BENCHMARK.read_text()))
+    for name, (table_of, _, _) in SUMMARIES.items():
+        folder = STUDY_RECORD / name
+        runs = {run: read_metrics(folder / run) for run in STUDIES[name] if (folder / run / "metrics.json").exists()}
+        tables[name] = table_of(runs, load_timings(folder)) if runs else f"(study `{name}` not run yet)"
+        if len(runs) < len(STUDIES[name]):
+            tables[name] += (
+                f"\n\n{len(runs)} of {len(STUDIES[name])} runs done: `python3 tasks.py study {name}` goes on."
+            )
+        tables[f"{name}-time"] = timing_line(name)
+    return tables
+
+
+def with_tables(text: str, tables: dict) -> str:
+    """Text with each `<!-- table: NAME -->...<!-- end: NAME -->` block replaced by `tables[NAME]`."""
+    for name, table in tables.items():
+        begin, end = f"<!-- table: {name} -->", f"<!-- end: {name} -->"
+        if begin in text:
+            head, rest = text.split(begin, 1)
+            _, tail = rest.split(end, 1)
+            separator = "\n" if "\n" in table else ""
+            text = f"{head}{begin}{separator}{table}{separator}{end}{tail}"
+    return text
+
+
+def main(argv):
+    unknown = [a for a in argv if a != "--write"]
+    if unknown:
+        sys.exit(f"error: unknown argument {unknown[0]!r}. usage: python3 tasks.py tables [--write]")
+    try:
+        tables = readme_tables()
+    except UnreadableRun as error:
+        sys.exit(f"error: {error}")
+    if "--write" not in argv:
+        for name, table in tables.items():
+            print(f"<!-- table: {name} -->\n{table}\n<!-- end: {name} -->\n")
+        return
+    for document in DOCUMENTS:
+        path = REPO / document
+        if path.exists():
+            write_text(path, with_tables(path.read_text(), tables))
+    print(f"wrote {len(tables)} tables into {', '.join(DOCUMENTS)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

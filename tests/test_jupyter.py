@@ -1,0 +1,225 @@
+"""The notebook as a person uses it in Jupyter: a real kernel (jupyter_client), cells run one at a time,
+run again, stopped with the kernel interrupt, Run All twice, the kernel restarted; and papermill.
+
+Each habit must leave a record (metrics.json, checkpoint.pt, vae.pt) that describes the weights beside
+it, with the numbers of an uninterrupted run.
+"""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import nbformat
+import pytest
+import torch
+from jupyter_client.manager import KernelManager
+
+from conftest import QUICK, REPO, without_settings
+
+pytestmark = pytest.mark.slow
+NOTEBOOK = REPO / "Variational_autoencoder.ipynb"
+
+
+class Kernel:
+    """A Jupyter kernel in the repository, as the browser drives it: one cell at a time, by cell id."""
+
+    def __init__(self, env):
+        self.env = env
+        self.cells = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
+        self.km = KernelManager()
+        self.km.start_kernel(cwd=str(REPO), env=env, extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    def source(self, cell_id):
+        return next(c.source for c in self.cells if c.get("id") == cell_id)
+
+    def run(self, cell_id, source=None) -> dict:
+        """Run a cell; its printed text, and its error if it failed."""
+        text, error = [], {}
+
+        def hook(msg):
+            if msg["msg_type"] == "stream":
+                text.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                error.update(ename=msg["content"]["ename"], evalue=msg["content"]["evalue"],
+                             traceback=msg["content"]["traceback"])  # fmt: skip
+
+        self.kc.execute_interactive(source or self.source(cell_id), timeout=600, output_hook=hook)
+        return {"text": "".join(text), **error}
+
+    def run_all(self, **edits) -> dict:
+        """Run All, stopping at the first error as Jupyter does; `edits` change the parameters cell."""
+        results = {}
+        for cell in self.cells:
+            source = cell.source
+            if cell.get("id") == "parameters":
+                source += "".join(f"\n{name} = {value!r}" for name, value in edits.items())
+            results[cell.get("id")] = self.run(cell.get("id"), source)
+            if "ename" in results[cell.get("id")]:
+                break
+        return results
+
+    def interrupt_during(self, cell_id, when) -> dict:
+        """Run a cell and press the stop button once `when()` is true."""
+        outcome = {}
+        worker = threading.Thread(target=lambda: outcome.update(self.run(cell_id)))
+        worker.start()
+        deadline = time.monotonic() + 300
+        while not when() and worker.is_alive():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        self.km.interrupt_kernel()
+        worker.join(timeout=300)
+        return outcome
+
+    def restart(self):
+        self.km.restart_kernel(now=True)
+        self.kc.wait_for_ready(timeout=60)
+
+    def close(self):
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+@pytest.fixture()
+def kernel(mnist_root, tmp_path):
+    quick = {f"VAE_{name.upper()}": str(value) for name, value in QUICK.items()}
+    env = {**without_settings(), **quick, "VAE_DATA_DIR": str(mnist_root), "VAE_RESULTS_DIR": str(tmp_path / "run")}
+    kernel = Kernel({**env, "VAE_EPOCHS": "3", "VAE_TRAIN_SIZE": "10000"})  # epochs long enough to stop one
+    yield kernel
+    kernel.close()
+
+
+def record(results) -> dict:
+    """The run's record: per-epoch numbers (timings aside), the checkpoint's epoch and weights, vae.pt."""
+    metrics = json.loads((results / "metrics.json").read_text())
+    checkpoint = torch.load(results / "checkpoint.pt", weights_only=True)
+    return {
+        "epochs": [{k: v for k, v in row.items() if k != "seconds"} for row in metrics["epochs"]],
+        "evaluation": metrics["evaluation"],
+        "checkpoint_epoch": checkpoint["epoch"],
+        "checkpoint_rows": len(checkpoint["metrics"]),
+        "weights": checkpoint["model"],
+        "vae.pt": torch.load(results / "vae.pt", weights_only=True),
+    }
+
+
+def same(first: dict, second: dict):
+    assert first["epochs"] == second["epochs"] and first["evaluation"] == second["evaluation"]
+    assert first["checkpoint_epoch"] == second["checkpoint_epoch"] == first["checkpoint_rows"] == len(first["epochs"])
+    for part in ("weights", "vae.pt"):
+        assert all(torch.equal(first[part][n], second[part][n]) for n in first[part]), part
+
+
+@pytest.fixture()
+def uninterrupted(kernel, tmp_path):
+    """The record of one Run All, the reference every habit must reproduce."""
+    results = kernel.run_all()
+    assert not any("ename" in r for r in results.values()), results
+    return record(tmp_path / "run")
+
+
+def test_the_training_cell_run_again_after_the_run_finished_trains_nothing(kernel, uninterrupted, tmp_path):
+    again = kernel.run("train-loop")
+    assert "ename" not in again and "epoch  1" not in again["text"] and "3 of 3 epochs trained" in again["text"]
+    kernel.run("evaluation")
+    kernel.run("metrics")
+    same(record(tmp_path / "run"), uninterrupted)
+
+
+def test_more_epochs_in_the_same_kernel_are_trained_on_and_numbered_on(kernel, uninterrupted, tmp_path):
+    kernel.kc.execute_interactive("import os; os.environ['VAE_EPOCHS'] = '4'", timeout=60)  # as if edited
+    refused = kernel.run("settings", kernel.source("settings"))
+    assert refused.get("ename") == "SettingsError" and "set resume = True in the parameters cell" in refused["evalue"]
+    kernel.kc.execute_interactive("os.environ['VAE_RESUME'] = '1'", timeout=60)
+    for cell in ("settings", "device", "optimizer"):
+        assert "ename" not in kernel.run(cell)
+    more = kernel.run("train-loop")
+    assert "epoch  4" in more["text"] and "epoch  1" not in more["text"] and "4 of 4 epochs trained" in more["text"]
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert [row["epoch"] for row in checkpoint["metrics"]] == [1, 2, 3, 4]
+
+
+def test_the_stop_button_during_training_then_the_cell_again_gives_the_uninterrupted_run(
+    kernel, uninterrupted, tmp_path
+):
+    kernel.kc.execute_interactive("import shutil; shutil.rmtree(str(results))", timeout=60)  # start afresh
+    for cell in ("settings", "device", "vae-instance", "optimizer"):
+        assert "ename" not in kernel.run(cell)
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    stopped = kernel.interrupt_during("train-loop", lambda: checkpoint.exists())  # during epoch 2
+    assert stopped.get("ename") == "RunStopped" and stopped["traceback"] == [stopped["evalue"]]
+    assert stopped["evalue"].startswith("Stopped during epoch 2: the model is back at the end of epoch 1")
+    again = kernel.run("train-loop")
+    assert "epoch  2" in again["text"] and "epoch  1" not in again["text"]
+    for cell in ("curves", "evaluation", "metrics"):
+        assert "ename" not in kernel.run(cell)
+    same(record(tmp_path / "run"), uninterrupted)
+
+
+def test_run_all_twice_in_one_kernel_gives_the_result_of_run_all_once(kernel, uninterrupted, tmp_path):
+    second = kernel.run_all()
+    assert not any("ename" in r for r in second.values())
+    assert "its checkpoint is loaded" in second["optimizer"]["text"]
+    same(record(tmp_path / "run"), uninterrupted)
+
+
+def test_restart_after_a_stop_then_run_all_goes_on_with_resume_and_says_so_without(kernel, uninterrupted, tmp_path):
+    kernel.kc.execute_interactive("import shutil; shutil.rmtree(str(results))", timeout=60)
+    for cell in ("settings", "device", "vae-instance", "optimizer"):
+        kernel.run(cell)
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    kernel.interrupt_during("train-loop", lambda: checkpoint.exists())
+    kernel.restart()
+    refused = kernel.run_all()
+    assert refused["settings"]["ename"] == "SettingsError"
+    assert (
+        "holds an unfinished run (epoch 1 of 3). To continue it set resume = True in the parameters cell"
+        in (refused["settings"]["evalue"])
+    )
+    kernel.restart()
+    resumed = kernel.run_all(resume=True)
+    assert not any("ename" in r for r in resumed.values())
+    assert "resuming after epoch 1" in resumed["optimizer"]["text"]
+    same(record(tmp_path / "run"), uninterrupted)
+
+
+def test_a_bad_value_in_the_parameters_cell_stops_the_notebook_in_the_settings_cell(kernel, tmp_path):
+    results = kernel.run_all(batch_size=0)
+    assert results["settings"]["ename"] == "SettingsError"
+    assert "batch_size must be a whole number >= 1; got 0 (from the parameters cell)" in results["settings"]["evalue"]
+    assert list(results)[-1] == "settings" and not (tmp_path / "run").exists()
+
+
+def test_the_environment_wins_over_the_parameters_cell(kernel, tmp_path):
+    results = kernel.run_all(epochs=1, latent_dim=5)  # VAE_EPOCHS=3 is set in the kernel's environment
+    settings = json.loads((tmp_path / "run" / "metrics.json").read_text())["settings"]
+    assert (settings["epochs"], settings["latent_dim"]) == (3, 5)
+    assert not any("ename" in r for r in results.values())
+
+
+def test_papermill_runs_an_experiment_into_its_own_folder_and_leaves_git_clean(mnist_root, tmp_path):
+    """`papermill Variational_autoencoder.ipynb runs/out.ipynb -p epochs 2`, from the repository."""
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+    output = tmp_path / "out.ipynb"
+    parameters = [f"-p {name} {value}" for name, value in {**QUICK, "epochs": 2, "data_dir": mnist_root}.items()]
+    papermill = [sys.executable, "-m", "papermill", "--no-progress-bar", str(NOTEBOOK), str(output)]
+    run = subprocess.run(
+        [*papermill, *" ".join(parameters).split()],
+        cwd=REPO, env=without_settings(), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    folder = REPO / "runs" / "epochs=2,iw_samples=2,train_size=1536,test_size=256"
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert len(metrics["epochs"]) == 2 and metrics["settings"]["epochs"] == 2
+        executed = nbformat.read(output, as_version=4)
+        assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+        after = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
+        assert after == status
+    finally:
+        subprocess.run(["rm", "-rf", str(folder)], check=False)

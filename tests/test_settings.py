@@ -1,0 +1,229 @@
+"""settings and spec: every setting checked before any work, a run's folder chosen by one rule, one
+writer per folder, and a folder that holds another run (or an unfinished one) never overwritten."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import run_files
+import settings
+import spec
+from conftest import REPO
+
+
+def load(**environ):
+    """Settings from these VAE_* variables alone; the folder is not claimed."""
+    return settings.resolve(None, environ, claim_folder=False)
+
+
+def claim(**environ):
+    """Settings as the notebook resolves them: the folder claimed (locked) and checked."""
+    return settings.resolve(None, environ)
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    yield {"VAE_RESULTS_DIR": str(tmp_path / "run")}
+    run_files.release_folders()
+
+
+# ---- settings --------------------------------------------------------------------------------
+def test_the_defaults_are_the_spec_and_go_to_results():
+    s = load()
+    assert {name: getattr(s, name) for name in spec.SPEC} == spec.SPEC
+    assert (s.epochs, s.batch_size, s.lr, s.latent_dim) == (20, 128, 1e-3, 20)
+    assert s.results_dir == "results" and spec.is_spec_run(s)
+
+
+def test_the_environment_wins_over_the_parameters_cell_which_wins_over_the_defaults(folder):
+    s = load(VAE_EPOCHS="2", VAE_LR="0.01", VAE_RESUME="1", VAE_LIKELIHOOD="binarized", **folder)
+    assert (s.epochs, s.lr, s.resume, s.likelihood) == (2, 0.01, True, "binarized")
+    notebook = {"epochs": 2, "batch_size": 64, "beta": 2, "resume": 1, "unrelated": "ignored", "lr": 1e-3}
+    in_code = settings.resolve(notebook, {"VAE_EPOCHS": "3"}, claim_folder=False)
+    assert (in_code.epochs, in_code.batch_size, in_code.beta, in_code.resume) == (3, 64, 2.0, True)
+
+
+@pytest.mark.parametrize(
+    ("environ", "words"),
+    [
+        ({"VAE_EPOCHS": "-1"}, "epochs must be a whole number >= 1; got -1 (from VAE_EPOCHS)"),
+        ({"VAE_EPOCHS": "0"}, "epochs must be a whole number >= 1; got 0 (from VAE_EPOCHS)"),
+        ({"VAE_BATCH_SIZE": "0"}, "batch_size must be a whole number >= 1; got 0"),
+        ({"VAE_DEVICE": "tpu"}, "device must be auto, cpu, mps, cuda or cuda:N (N from 0 to 999); got 'tpu'"),
+        ({"VAE_DEVICE": "cuda:99999999999999999999"}, "device must be auto, cpu, mps, cuda or cuda:N"),
+        ({"VAE_DEVICE": "cuda:\u0661"}, "device must be auto, cpu, mps, cuda or cuda:N"),  # an Arabic-Indic one
+        ({"VAE_NAME": "x" * 300}, "name must be a folder name of at most 100 letters"),
+        ({"vae_epochs": "2"}, "vae_epochs is not a setting: environment variables are upper case, VAE_EPOCHS"),
+        ({"Vae_Epoch": "2"}, "Vae_Epoch is not a setting. The settings are: VAE_SEED"),
+        ({"VAE_LIKELIHOOD": "gaussian"}, "likelihood must be one of bernoulli, continuous_bernoulli, binarized"),
+        ({"VAE_LR": "0"}, "lr must be a number > 0 and <= 0.01 (0.03 and more diverge"),
+        ({"VAE_LR": "nan"}, "lr must be a number > 0 and <= 0.01"),
+        ({"VAE_LR": "0.03"}, "lr must be a number > 0 and <= 0.01"),
+        ({"VAE_EPOCHS": "ten"}, "VAE_EPOCHS='ten' is not valid: epochs takes a whole number >= 1"),
+        ({"VAE_RESUME": "maybe"}, "resume takes True or False (1/0, yes/no in the environment)"),
+        ({"VAE_TRAIN_SIZE": "70000"}, "train_size must be a whole number from 1 to 60000"),
+        ({"VAE_TEST_SIZE": "5"}, "test_size must be a whole number from 6 to 10000"),
+        ({"VAE_LATENT_DIM": "1"}, "latent_dim must be a whole number from 2 to 784"),
+        ({"VAE_IW_SAMPLES": "100000"}, "iw_samples must be a whole number from 1 to 10000"),
+        ({"VAE_SEED": str(2**64)}, "seed must be a whole number from 0 to 2**63 - 1"),
+        ({"VAE_NAME": "../escape"}, "name must be a folder name"),
+        ({"VAE_EPOCH": "5"}, "VAE_EPOCH is not a setting. The settings are: VAE_SEED, VAE_EPOCHS"),
+        ({"VAE_WEIGHTS": "no/such/vae.pt"}, "weights=no/such/vae.pt: no such file"),
+        ({"VAE_NAME": "a", "VAE_RESULTS_DIR": "/tmp/b"}, "set name (a folder under runs/) or results_dir, not both"),
+        ({"VAE_OBJECTIVE": "vae"}, "objective must be elbo or iwae; got 'vae'"),
+        ({"VAE_BETA": "0"}, "beta must be a number > 0 and <= 100"),
+        ({"VAE_BETA": "inf"}, "beta must be a number > 0 and <= 100"),
+        ({"VAE_KL_WARMUP": "-1"}, "kl_warmup must be a whole number of epochs from 0 to epochs"),
+        ({"VAE_KL_WARMUP": "30"}, "kl_warmup=30 is longer than the run (epochs=20)"),
+        ({"VAE_TRAIN_SIZE": "5", "VAE_TRAIN_SAMPLES": "5"}, "train_samples=5 is the k of the iwae objective"),
+        ({"VAE_OBJECTIVE": "iwae", "VAE_TRAIN_SAMPLES": "5", "VAE_BETA": "2"}, "iwae has no separate KL term"),
+        ({"VAE_OBJECTIVE": "iwae", "VAE_KL_WARMUP": "5"}, "iwae has no separate KL term"),
+        ({"VAE_OBJECTIVE": "iwae", "VAE_TRAIN_SAMPLES": "1000"}, "train_samples x batch_size = 128,000 decoder rows"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_setting_and_what_it_accepts(environ, words):
+    with pytest.raises(spec.SettingsError) as error:
+        load(**environ)
+    assert words in str(error.value)
+
+
+def test_a_bad_value_in_the_parameters_cell_is_named_with_where_it_came_from():
+    with pytest.raises(
+        spec.SettingsError, match=r"epochs must be a whole number >= 1; got 2.5 \(from the parameters cell\)"
+    ):
+        settings.resolve({"epochs": 2.5}, {}, claim_folder=False)
+
+
+def test_an_unavailable_device_is_refused_up_front():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(spec.SettingsError, match="not available on this machine; use device auto or cpu"):
+        load(VAE_DEVICE="cuda:3")
+
+
+def test_weights_cannot_be_combined_with_settings_of_training(tmp_path):
+    weights = tmp_path / "vae.pt"
+    weights.write_bytes(b"")
+    with pytest.raises(spec.SettingsError, match="skips training, so epochs would change nothing"):
+        load(VAE_WEIGHTS=str(weights), VAE_EPOCHS="3")
+    with pytest.raises(spec.SettingsError, match="set resume to False"):
+        load(VAE_WEIGHTS=str(weights), VAE_RESUME="1")
+    with pytest.raises(spec.SettingsError, match="skips training, so beta, kl_warmup would change nothing"):
+        load(VAE_WEIGHTS=str(weights), VAE_BETA="2", VAE_KL_WARMUP="1")
+
+
+# ---- where a run writes ------------------------------------------------------------------------
+def test_an_experiment_gets_a_folder_of_its_own_named_from_its_settings():
+    assert load(VAE_EPOCHS="2", VAE_TRAIN_SIZE="1024").results_dir == "runs/epochs=2,train_size=1024"
+    iwae = load(VAE_OBJECTIVE="iwae", VAE_TRAIN_SAMPLES="5", VAE_LIKELIHOOD="binarized")
+    assert iwae.results_dir == "runs/likelihood=binarized,objective=iwae,train_samples=5"
+    assert load(VAE_EPOCHS="2", VAE_NAME="short").results_dir == "runs/short"
+    assert load(VAE_DEVICE="cpu").results_dir == "results"  # the device changes no setting of the spec
+    long = load(VAE_EPOCHS="3", VAE_LR="0.002", VAE_BATCH_SIZE="64", VAE_LATENT_DIM="7", VAE_BETA="3.5",
+                VAE_KL_WARMUP="2", VAE_TRAIN_SIZE="1000", VAE_TEST_SIZE="500", VAE_SEED="123456789")  # fmt: skip
+    assert len(Path(long.results_dir).name) <= 100
+
+
+@pytest.mark.parametrize(
+    "where",
+    [".", "./", "results", "results/", "results/figures", "results/studies", "results/studies/seeds",
+     "results/studies/seeds/seed9", "tests", "README.md", "runs", "docs/../results"],
+)  # fmt: skip
+def test_an_experiment_writes_only_under_runs_or_outside_the_repository(where):
+    with pytest.raises(spec.SettingsError) as error:
+        load(VAE_EPOCHS="2", VAE_RESULTS_DIR=str(REPO / where))
+    assert "inside the repository a run writes only under runs/" in str(error.value)
+    assert "runs/epochs=2/" in str(error.value)
+
+
+def test_a_study_run_may_write_its_own_folder_and_nothing_else():
+    assert load(VAE_SEED="1", VAE_RESULTS_DIR=str(REPO / "results/studies/seeds/seed1")).seed == 1
+    with pytest.raises(spec.SettingsError, match="writes only under runs/"):  # seed1's folder, seed 2's settings
+        load(VAE_SEED="2", VAE_RESULTS_DIR=str(REPO / "results/studies/seeds/seed1"))
+    assert load(VAE_RESULTS_DIR=str(REPO / "results")).results_dir == "results"  # the spec's run, named
+
+
+def test_a_results_folder_that_is_a_file_or_not_writable_is_refused(tmp_path, monkeypatch):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(spec.SettingsError, match=r"results_dir=.*file/run: .*file is not a folder"):
+        load(VAE_RESULTS_DIR=str(a_file / "run"))
+    monkeypatch.setattr(settings.os, "access", lambda path, mode: False)
+    with pytest.raises(spec.SettingsError, match=r"results_dir=.*: .* is not writable"):
+        load(VAE_RESULTS_DIR=str(tmp_path / "run"))
+
+
+def checkpoint_state(s, epoch=3, epochs=None):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), fused=True)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    saved = {**vars(s), **({"epochs": epochs} if epochs else {})}
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+            "metrics": [{"epoch": e, "test_loss": 1.5} for e in range(1, epoch + 1)], "settings": saved,
+            "rng": torch.Generator().get_state(), "resumed": []}  # fmt: skip
+
+
+def test_an_unfinished_run_is_not_replaced_by_a_fresh_one(folder):
+    checkpoint = Path(folder["VAE_RESULTS_DIR"]) / "checkpoint.pt"
+    run_files.save_checkpoint(checkpoint, checkpoint_state(load(**folder), epoch=3))  # 3 of 20 epochs
+    before = checkpoint.read_bytes()
+    with pytest.raises(spec.SettingsError) as error:
+        claim(**folder)
+    assert "holds an unfinished run (epoch 3 of 20). To continue it set resume = True in the parameters cell" in str(
+        error.value
+    )
+    assert "(headless: VAE_RESUME=1); to start afresh delete it" in str(error.value)
+    assert checkpoint.read_bytes() == before
+    assert claim(VAE_RESUME="1", **folder).resume
+
+
+def test_a_finished_run_with_the_same_settings_may_be_run_again(folder):
+    checkpoint = Path(folder["VAE_RESULTS_DIR"]) / "checkpoint.pt"
+    run_files.save_checkpoint(checkpoint, checkpoint_state(load(**folder), epoch=20))
+    assert claim(**folder).results_dir == folder["VAE_RESULTS_DIR"]
+
+
+def test_a_folder_holding_a_run_with_other_settings_is_not_overwritten(folder):
+    results = Path(folder["VAE_RESULTS_DIR"])
+    run_files.write_json(results / "metrics.json", {"settings": vars(load(VAE_LR="0.01", **folder))})
+    with pytest.raises(spec.SettingsError, match=r"holds a run with other settings \(lr: 0.01 there, 0.001 now\)"):
+        claim(**folder)
+
+
+def test_a_checkpoint_from_other_settings_or_past_the_epochs_is_refused(folder):
+    checkpoint = Path(folder["VAE_RESULTS_DIR"]) / "checkpoint.pt"
+    run_files.save_checkpoint(checkpoint, checkpoint_state(load(**folder)))
+    with pytest.raises(spec.SettingsError) as error:
+        claim(VAE_LATENT_DIM="10", VAE_LR="0.01", VAE_TEST_SIZE="100", VAE_RESUME="1", **folder)
+    for difference in ("latent_dim: 20 there, 10 now", "lr: 0.001 there, 0.01 now", "test_size: 10000 there, 100 now"):
+        assert difference in str(error.value)
+    with pytest.raises(spec.SettingsError, match="is at epoch 3, past epochs=2; set epochs to at least 3"):
+        claim(VAE_EPOCHS="2", VAE_RESUME="1", **folder)
+
+
+def test_a_folder_in_use_by_another_process_is_refused_naming_it(folder):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, run_files; run_files.lock_folder(sys.argv[1]); print(1, flush=True); "
+         "time.sleep(60)", folder["VAE_RESULTS_DIR"]],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        with pytest.raises(spec.SettingsError, match=rf"is in use by process {holder.pid} \(.*python.*\)"):
+            claim(**folder)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert claim(**folder).results_dir == folder["VAE_RESULTS_DIR"]  # the OS released it: no stale lock
+
+
+def test_the_same_process_may_claim_its_folder_again_and_gives_up_the_old_one_for_a_new(tmp_path):
+    claim(VAE_RESULTS_DIR=str(tmp_path / "a"))
+    claim(VAE_RESULTS_DIR=str(tmp_path / "a"))  # a cell run twice
+    claim(VAE_RESULTS_DIR=str(tmp_path / "b"))  # settings changed in the same kernel
+    assert list(run_files.HELD) == [(tmp_path / "b").resolve()]
+    run_files.release_folders()
