@@ -2,16 +2,16 @@
 and reads right where people read it (GitHub, nbviewer: no widgets)."""
 
 import json
-import os
 
 import nbformat
 import pytest
-import run_support
 
+import spec
 from conftest import REPO, run_notebook
+from settings import RECORD
 
 NOTEBOOK = REPO / "Variational_autoencoder.ipynb"
-RESULTS = REPO / run_support.RECORD
+RESULTS = RECORD
 
 
 def notebook():
@@ -35,7 +35,8 @@ def test_the_notebook_is_one_clean_top_to_bottom_run():
 
 
 def test_the_committed_run_is_the_spec_run_and_passed_its_check():
-    assert run_support.is_spec_run(committed_metrics()["settings"])
+    assert spec.is_spec_run(committed_metrics()["settings"]) and committed_metrics()["finished"]
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in notebook().cells)
     last = "".join(o.get("text", "") for o in code_cells()[-1].outputs)
     assert last.strip() == "test loss after 20 epochs is at most 102.0 nats per image"
 
@@ -47,7 +48,7 @@ def test_the_saved_notebook_shows_a_finished_progress_bar_and_no_widgets():
     assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
     training = "".join(o.get("text", "") for c in nb.cells if c.get("id") == "train-loop" for o in c.outputs)
     assert "epochs: 100%" in training and " 0%|" not in training and "\r" not in training
-    assert training.count("\nepoch ") + training.startswith("epoch ") == 20
+    assert training.count("\nepoch ") + training.startswith("epoch ") == 20 and "20 of 20 epochs trained" in training
 
 
 def test_results_and_readme_come_from_the_committed_run():
@@ -65,8 +66,7 @@ def test_results_and_readme_come_from_the_committed_run():
 @pytest.mark.slow
 def test_the_committed_weights_give_the_committed_evaluation(tmp_path, mnist_root):
     """What README promises: load results/vae.pt, evaluate, get README's numbers (within 0.1 nats)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
-    run_notebook({**env, "VAE_DATA_DIR": str(mnist_root)}, tmp_path / "run", weights=RESULTS / "vae.pt")
+    run_notebook({"data_dir": str(mnist_root)}, tmp_path / "run", weights=str(RESULTS / "vae.pt"))
     committed = committed_metrics()["evaluation"]
     reproduced = json.loads((tmp_path / "run" / "metrics.json").read_text())["evaluation"]
     for key in ("test_loss", "test_recon", "test_kl", "elbo", "iw_bound"):
