@@ -74,6 +74,7 @@ class LiveClient(nbclient.NotebookClient):
         self.section, self.cell_index, self.signum = None, None, None
         self.on_cell_execute = self.announce
         self.on_notebook_start = self.stop_if_signalled
+        self.on_notebook_complete = self.stop_interrupting
 
     async def async_start_new_kernel(self, **kwargs):
         # nbclient has just set handlers that kill the kernel mid-cell: ours interrupt it instead.
@@ -87,8 +88,22 @@ class LiveClient(nbclient.NotebookClient):
         first, self.signum = self.signum is None, signum
         if self.kc is None:  # still starting: `stop_if_signalled` ends the run when it is up
             return
-        action = self.km.interrupt_kernel() if first else self.km.shutdown_kernel(now=True)
-        self.stopping = asyncio.ensure_future(nbclient.util.ensure_async(action))
+        if first:
+            self.stopping = asyncio.ensure_future(self.interrupt_until_stopped())
+        else:
+            self.killing = asyncio.ensure_future(nbclient.util.ensure_async(self.km.shutdown_kernel(now=True)))
+
+    async def interrupt_until_stopped(self):
+        """Interrupt the kernel every second until the run ends: an interrupt that lands while the
+        kernel is between two cells, or has not begun the one just sent, is otherwise lost."""
+        with contextlib.suppress(Exception):
+            while await nbclient.util.ensure_async(self.km.is_alive()):
+                await nbclient.util.ensure_async(self.km.interrupt_kernel())
+                await asyncio.sleep(1)
+
+    def stop_interrupting(self, notebook):
+        if getattr(self, "stopping", None) is not None:
+            self.stopping.cancel()
 
     def stop_if_signalled(self, notebook):
         if self.signum is not None:
@@ -121,12 +136,12 @@ def write_notebook(nb, path: Path):
         nbformat.write(nb, tmp)
 
 
-def parameters_from(environ, here=None) -> dict:
+def parameters_from(environ) -> dict:
     """The settings given as VAE_* variables; paths are meant from where the user stands."""
     parameters = run_settings.from_environment(environ)
     for name in spec.PATHS:
         if parameters.get(name):
-            parameters[name] = str((Path(here or os.getcwd()) / Path(parameters[name]).expanduser()).resolve())
+            parameters[name] = str(Path(parameters[name]).expanduser().resolve())
     return parameters
 
 
@@ -140,15 +155,17 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
     settings = run_settings.resolve(parameters, environ={}, claim_folder=False, source=source)
     folder = run_settings.REPO / settings.results_dir
     spec_run = folder == run_settings.RECORD
-    if spec_run:
+    given = {k: v for k, v in parameters.items() if k not in ("name", "results_dir")}
+    kernel_env = {k: v for k, v in (os.environ if environ is None else environ).items() if not is_setting(k)}
+    if spec_run:  # the committed notebook keeps its own parameters cell: machine settings go as variables
         output, failed_output = NOTEBOOK, FAILED_SPEC_RUN
         echo(f"the spec's run: the notebook in place, results in {settings.results_dir}/\n")
-        injected = {}  # the committed notebook keeps its own parameters cell, and no injected one
+        kernel_env.update({f"VAE_{name.upper()}": str(value) for name, value in given.items()})
+        injected = {}
     else:
         output = failed_output = folder / NOTEBOOK.name
         echo(f"an experiment ({spec.run_name(settings)}): everything goes to {settings.results_dir}/\n")
-        injected = {k: v for k, v in parameters.items() if k not in ("name", "results_dir")}
-        injected["results_dir"] = str(folder)
+        injected = {**given, "results_dir": str(folder)}
     nb = load_notebook_node(str(NOTEBOOK))  # papermill's reader: every cell has its tags
     for cell in nb.cells:  # a failed run must not show the committed run's outputs below the failure
         if cell.cell_type == "code":
@@ -164,11 +181,10 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
         extra_arguments=["--IPKernelApp.log_level=ERROR"],  # not the kernel's start-up warnings
         resources={"metadata": {"path": str(run_settings.REPO)}},
     )
-    kernel_env = {k: v for k, v in (os.environ if environ is None else environ).items() if not is_setting(k)}
     try:
         client.execute(env=kernel_env)
     except nbclient.exceptions.CellExecutionError as error:
-        if error.ename in ("SettingsError", "FolderInUse") and section_of(nb, client.cell_index) == "Settings":
+        if error.ename == "SettingsError" and section_of(nb, client.cell_index) == "Settings":
             raise RunFailed(f"{error.ename}: {error.evalue}", EXIT_SETTINGS, error.ename) from None
         write_notebook(nb, failed_output)
         if client.signum is not None or error.ename in STOPPED:

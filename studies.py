@@ -88,7 +88,10 @@ def run_study(name, runs=None, root=None, environ=None, echo=None) -> Path:
             headless.execute(parameters, environ=kernel_env, echo=epoch_lines, source=f"study {name}")
         except headless.RunFailed as error:
             if error.code > 128:
-                raise StudyStopped(str(error), error.code) from None
+                stop = headless.STOPS[error.code - 128]
+                raise StudyStopped(
+                    f"stopped ({stop}) during {name}/{run}, which starts again next time", error.code
+                ) from None
             raise StudyFailed(f"study {name}: run {run} failed: {error}") from None
         except SettingsError as error:
             raise StudyFailed(f"study {name}: run {run} refused: {error}") from None
@@ -157,7 +160,7 @@ def main(argv):
     except (StudyFailed, SettingsError, run_files.UnreadableRun) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt as error:
-        headless.say(f"{error}\nstudy {name}: its finished runs are kept; run the same command to go on.")
+        headless.say(f"{error}; the finished runs of study {name} are kept: run the same command to go on.")
         sys.exit(getattr(error, "code", None) or 128 + getattr(error, "signum", 2))
 
 

@@ -227,3 +227,24 @@ def test_the_same_process_may_claim_its_folder_again_and_gives_up_the_old_one_fo
     claim(VAE_RESULTS_DIR=str(tmp_path / "b"))  # settings changed in the same kernel
     assert list(run_files.HELD) == [(tmp_path / "b").resolve()]
     run_files.release_folders()
+
+
+def test_headless_passes_the_spec_runs_machine_settings_as_variables_and_an_experiments_as_papermill_does(
+    monkeypatch, tmp_path
+):
+    import headless
+
+    seen = []
+    monkeypatch.setattr(headless.LiveClient, "execute", lambda self, **kw: seen.append({**kw, "nb": self.nb}))
+    monkeypatch.setattr(headless, "write_notebook", lambda nb, path: seen[-1].update(path=path))
+    quiet = {"environ": {"PATH": "x", "VAE_EPOCHS": "3"}, "echo": lambda text: None}
+    headless.execute({"data_dir": str(tmp_path), "device": "cpu"}, **quiet)
+    spec_run = seen[-1]
+    assert spec_run["env"] == {"PATH": "x", "VAE_DATA_DIR": str(tmp_path), "VAE_DEVICE": "cpu"}
+    assert not any("injected-parameters" in c.metadata.get("tags", []) for c in spec_run["nb"].cells)
+    assert spec_run["path"] == headless.NOTEBOOK
+    headless.execute({"data_dir": str(tmp_path), "epochs": 2, "name": "two"}, **quiet)
+    experiment = seen[-1]
+    (injected,) = [c for c in experiment["nb"].cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert "epochs = 2" in injected.source and f'results_dir = "{REPO / "runs" / "two"}"' in injected.source
+    assert experiment["env"] == {"PATH": "x"} and experiment["path"] == REPO / "runs" / "two" / headless.NOTEBOOK.name
