@@ -174,11 +174,26 @@ def test_a_headless_run_shows_each_section_and_epoch_as_it_happens(quick_env, tm
 
 
 # ---- every way to stop a run ---------------------------------------------------------------------
+STARTED = []  # runs a test started: ended at its teardown even if the test failed
+
+
+@pytest.fixture(autouse=True)
+def end_started_runs():
+    yield
+    while STARTED:
+        run = STARTED.pop()
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)  # the kernel's parent poller then ends the kernel
+            run.wait()
+
+
 def start(env, results, epochs="500"):
     """`python3 tasks.py run` in a session of its own (as a terminal would start it), into `results`."""
     env = {**env, "VAE_RESULTS_DIR": str(results), "VAE_EPOCHS": epochs}
-    return subprocess.Popen(["python3", "tasks.py", "run"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    run = subprocess.Popen(["python3", "tasks.py", "run"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    STARTED.append(run)
+    return run
 
 
 def wait_for(condition, seconds=180):
