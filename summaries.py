@@ -111,8 +111,10 @@ def load_timings(root: Path) -> dict:
 
 
 def timing_line(name) -> str:
-    seconds = sum(load_timings(STUDY_RECORD / name).values())
-    return f"{len(STUDIES[name])} runs, {seconds / 60:.0f} minutes of wall time"
+    timings, planned = load_timings(STUDY_RECORD / name), len(STUDIES[name])
+    done = sum(run in timings and (STUDY_RECORD / name / run / "metrics.json").exists() for run in STUDIES[name])
+    runs = f"{planned} runs" if done == planned else f"{done} of {planned} runs"
+    return f"{runs}, {sum(timings.values()) / 60:.0f} minutes of wall time"
 
 
 def beta_table(runs: dict, minutes=None) -> str:
