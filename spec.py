@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vae_utils import LIKELIHOODS, OBJECTIVES
+from vae_utils import LIKELIHOODS, LR_SCHEDULES, OBJECTIVES
 
 
 class SettingsError(ValueError):
@@ -44,6 +44,9 @@ SETTINGS = {  # name: Setting(default, what it accepts, its check, changes the n
     "batch_size": Setting(128, "a whole number >= 1", whole_number(1), True, "mini-batch size"),
     "lr": Setting(1e-3, "a number > 0 and <= 0.01 (0.03 and more diverge within the first batches)",
                   lambda v: math.isfinite(v) and 0 < v <= 0.01, True, "Adam learning rate"),
+    "lr_schedule": Setting("constant", "constant or burda", lambda v: v in LR_SCHEDULES, True,
+                           "`constant` (the spec) or `burda`: `lr` divided by 10^(1/7) after 1, 3, 9, 27, ... "
+                           "epochs (Burda et al. 2016)"),
     "latent_dim": Setting(20, "a whole number from 2 to 784 (the figures need two dimensions)", whole_number(2, 784),
                           True, "size of z"),
     "likelihood": Setting("bernoulli", "one of " + ", ".join(LIKELIHOODS), lambda v: v in LIKELIHOODS, True,
@@ -82,7 +85,16 @@ SETTINGS = {  # name: Setting(default, what it accepts, its check, changes the n
 # fmt: on
 SPEC = {name: s.default for name, s in SETTINGS.items() if s.changes_numbers}
 RESUME_MAY_CHANGE = {"epochs", "iw_samples"}  # evaluation-only or the length of training
-TRAINING = {"epochs", "batch_size", "lr", "objective", "train_samples", "beta", "kl_warmup"}  # nothing without it
+TRAINING = {
+    "epochs",
+    "batch_size",
+    "lr",
+    "lr_schedule",
+    "objective",
+    "train_samples",
+    "beta",
+    "kl_warmup",
+}  # nothing without it
 PATHS = ("weights", "results_dir", "data_dir")  # relative to the repository in the notebook
 MAX_TRAIN_ROWS = 2**16  # decoder rows per training step (train_samples x batch_size): about 1.5 GB
 

@@ -75,21 +75,43 @@ def beta_figure(runs: dict, path: Path):
     plt.close(fig)
 
 
+def scheduled(metrics) -> bool:
+    """The run lowered its learning rate on Burda et al.'s schedule (`lr_schedule = "burda"`)."""
+    return metrics["settings"].get("lr_schedule", "constant") != "constant"
+
+
 def budget_figure(runs: dict, path: Path):
-    """-log p(x) and the train and test -ELBO against passes over the data, beside the published VAE."""
-    rows = sorted(runs.values(), key=lambda m: m["settings"]["epochs"])
-    longest = rows[-1]["epochs"]
+    """-log p(x) and the train and test -ELBO against passes over the data, beside the published VAE.
+
+    The runs at a constant rate as one line; a run on Burda et al.'s rate schedule, dashed, beside it.
+    """
+    constant = sorted((m for m in runs.values() if not scheduled(m)), key=lambda m: m["settings"]["epochs"])
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    epochs = [row["epoch"] for row in longest]
-    ax.plot(epochs, [row["train_loss"] for row in longest], "-", color="C0", lw=0.8, label="train -ELBO, per epoch")
-    ax.plot(epochs, [row["test_loss"] for row in longest], "-", color="C1", lw=0.8, label="test -ELBO, per epoch")
-    passes = [m["settings"]["epochs"] for m in rows]
-    ax.plot(passes, [-m["evaluation"]["iw_bound"] for m in rows], "o-", color="C3", label="test -log p(x), k = 5000")
-    ax.axhline(BURDA[("elbo", 1)][0], color="grey", ls="--", label="Burda et al. 2016, VAE (3,280 passes)")
-    after_five = [row["test_loss"] for row in longest if row["epoch"] >= 5] or [row["test_loss"] for row in longest]
-    ax.set_ylim(BURDA[("elbo", 1)][0] - 3, max(after_five) + 3)  # the first epochs' 170 nats would flatten the rest
+    for rows, style, how in (
+        (constant, "-", "constant rate"),
+        ([m for m in runs.values() if scheduled(m)], "--", "rate schedule"),
+    ):
+        if not rows:
+            continue
+        longest = rows[-1]["epochs"]
+        epochs = [row["epoch"] for row in longest]
+        ax.plot(epochs, [row["train_loss"] for row in longest], style, color="C0", lw=0.8, label=f"train -ELBO, {how}")
+        ax.plot(epochs, [row["test_loss"] for row in longest], style, color="C1", lw=0.8, label=f"test -ELBO, {how}")
+        passes = [m["settings"]["epochs"] for m in rows]
+        marker = "o" + style if len(rows) > 1 else "*"
+        ax.plot(
+            passes,
+            [-m["evaluation"]["iw_bound"] for m in rows],
+            marker,
+            color="C3",
+            ms=8 if marker == "*" else 6,
+            label=f"test -log p(x), k = 5000, {how}",
+        )
+    ax.axhline(BURDA[("elbo", 1)][0], color="grey", ls=":", label="Burda et al. 2016, VAE (3,280 passes)")
+    late = [row["test_loss"] for m in runs.values() for row in m["epochs"] if row["epoch"] >= 5]
+    ax.set_ylim(BURDA[("elbo", 1)][0] - 3, max(late) + 3)  # the first epochs' 170 nats would flatten the rest
     ax.set(xscale="log", xlabel="passes over the training data", ylabel="nats per image")
     ax.set_title("does the gap close with more training?")
-    ax.legend()
+    ax.legend(fontsize=8)
     save_figure(fig, path)
     plt.close(fig)

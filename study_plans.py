@@ -21,7 +21,10 @@ STUDIES = {
         "iwae5": {**BINARIZED, "objective": "iwae", "train_samples": 5},
         "iwae50": {**BINARIZED, "objective": "iwae", "train_samples": 50},
     },
-    "budget": {f"epochs{n}": {**BINARIZED, "epochs": n} for n in (20, 60, 180, 540)},
+    "budget": {
+        **{f"epochs{n}": {**BINARIZED, "epochs": n} for n in (20, 60, 180, 540)},
+        "epochs540_burda": {**BINARIZED, "epochs": 540, "lr_schedule": "burda"},  # Burda et al.'s rate schedule
+    },
 }
 
 # Published importance-weighted estimates of -log p(x) on binarised MNIST, one stochastic layer.

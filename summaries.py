@@ -14,7 +14,7 @@ from pathlib import Path
 from run_files import UnreadableRun, read_metrics, write_text
 from settings import RECORD, REPO, STUDY_RECORD
 from spec import SETTINGS
-from study_figures import beta_figure, budget_figure, latent_sizes_figure, seeds_figure
+from study_figures import beta_figure, budget_figure, latent_sizes_figure, scheduled, seeds_figure
 from study_plans import BURDA, BURDA_MODEL, PUBLISHED, STUDIES
 
 DOCUMENTS = ["README.md", "docs/studies.md", "docs/settings.md", "docs/performance.md"]
@@ -163,10 +163,11 @@ def budget_table(runs: dict, minutes=None) -> str:
         "| active units | minutes |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
-    for run, m in sorted(runs.items(), key=lambda kv: kv[1]["settings"]["epochs"]):
+    for run, m in sorted(runs.items(), key=lambda kv: (scheduled(kv[1]), kv[1]["settings"]["epochs"])):
         e = m["evaluation"]
+        passes = f"{m['settings']['epochs']}" + (", Burda et al.'s rate schedule" if scheduled(m) else "")
         lines.append(
-            f"| {m['settings']['epochs']} | {-e['iw_bound']:.2f} ± {e['iw_bound_se']:.2f} | {m['test_loss']:.2f} "
+            f"| {passes} | {-e['iw_bound']:.2f} ± {e['iw_bound_se']:.2f} | {m['test_loss']:.2f} "
             f"| {m['epochs'][-1]['train_loss']:.2f} | {e['active_units']} | {minutes.get(run, 0) / 60:.0f} |"
         )
     lines.append(f"| Burda et al. 2016, VAE: 3,280 | {BURDA[('elbo', 1)][0]:.2f} | | | {BURDA[('elbo', 1)][1]} | |")
@@ -252,6 +253,7 @@ def headline(folder=STUDY_RECORD) -> str:
                 s, e = m["settings"], m["evaluation"]
                 how = f"IWAE k = {s['train_samples']}" if s.get("objective") == "iwae" else "the ELBO"
                 how += f" with a {s['kl_warmup']}-epoch KL warm-up" if s.get("kl_warmup") else ""
+                how += " on Burda et al.'s rate schedule" if scheduled(m) else ""
                 found.append((-e["iw_bound"], e["iw_bound_se"], f"{how}, {s['epochs']} epochs"))
     if not found:
         return "(the objectives and budget studies are not run yet)"

@@ -3,7 +3,8 @@
 * loss       -- `reconstruction_nll` and `kl_to_standard_normal`, the two terms of the negative
                 ELBO, and `vae_loss`, their sum over a batch (the KL weighted by `kl_weight`:
                 beta and warm-up); `iwae_loss`, the importance-weighted objective, from
-                `log_importance_weights`.
+                `log_importance_weights`; `learning_rate`, Adam's rate in each epoch
+                (constant, or Burda et al.'s schedule).
 * evaluation -- `importance_weighted_bound`, `active_units`, `kl_per_dimension`, `mean_and_stderr`.
 * pictures   -- `save_grid` (a grid of digits, via `torchvision.utils.save_image`) and
                 `save_figure`, both written through `run_files.atomic_path`: to a temporary file,
@@ -24,6 +25,7 @@ from run_files import atomic_path
 IMAGE_SIZE = 28 * 28
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "binarized")
 OBJECTIVES = ("elbo", "iwae")
+LR_SCHEDULES = ("constant", "burda")
 
 
 # ---- the loss --------------------------------------------------------------------------------
@@ -74,6 +76,23 @@ def kl_weight(beta, warmup_epochs, progress):
     Sonderby et al. 2016), then stays at `beta` (Higgins et al. 2017). No warm-up: always `beta`.
     """
     return beta if warmup_epochs == 0 else beta * min(1.0, progress / warmup_epochs)
+
+
+def learning_rate(lr, schedule, epoch):
+    """The learning rate of epoch `epoch` (1, 2, ...): `lr` throughout ("constant", the spec), or "burda".
+
+    Burda et al. (2016, section 5) train in stages i = 0, 1, 2, ... of 3**i epochs at lr * 10**(-i/7):
+    epoch 1 is stage 0, epochs 2-4 stage 1, 5-13 stage 2, ..., 1094-3280 stage 7 (their last); later
+    epochs go on the same way. A function of the epoch alone, so a resumed run gets the same rates.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(LR_SCHEDULES)}; got {schedule!r}")
+    if schedule == "constant":
+        return lr
+    stage = 0
+    while epoch > (3 ** (stage + 1) - 1) // 2:  # epochs in stages 0..stage: 1 + 3 + ... + 3**stage
+        stage += 1
+    return lr * 10 ** (-stage / 7)
 
 
 def log_importance_weights(encode, decode_logits, x, k, likelihood="bernoulli", generator=None):

@@ -49,10 +49,16 @@ def test_two_runs_with_the_same_seed_give_identical_numbers(quick, tmp_path):
         assert (tmp_path / "a" / figure).read_bytes() == (tmp_path / "b" / figure).read_bytes()
 
 
-def test_resuming_gives_the_same_weights_as_an_uninterrupted_run_and_records_what_changed(quick, tmp_path):
-    run_notebook(quick, tmp_path / "straight", epochs=2)
-    run_notebook(quick, tmp_path / "resumed", epochs=1)
-    nb = run_notebook(quick, tmp_path / "resumed", epochs=2, resume=True, iw_samples=3)
+@pytest.mark.parametrize(("lr_schedule", "epoch_2_rate"), [("constant", 1e-3), ("burda", 1e-3 * 10 ** (-1 / 7))])
+def test_resuming_gives_the_same_weights_as_an_uninterrupted_run_and_records_what_changed(
+    quick, tmp_path, lr_schedule, epoch_2_rate
+):
+    run_notebook(quick, tmp_path / "straight", epochs=2, lr_schedule=lr_schedule)
+    run_notebook(quick, tmp_path / "resumed", epochs=1, lr_schedule=lr_schedule)
+    nb = run_notebook(quick, tmp_path / "resumed", epochs=2, resume=True, iw_samples=3, lr_schedule=lr_schedule)
+    for run in ("straight", "resumed"):  # Burda et al.'s schedule: epoch 2 is stage 1, at 10^(-1/7) of lr
+        checkpoint = torch.load(tmp_path / run / "checkpoint.pt", weights_only=True)
+        assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(epoch_2_rate, rel=1e-12)
     assert "resuming after epoch 1" in outputs(nb)
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert straight.keys() == resumed.keys()

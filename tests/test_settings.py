@@ -74,6 +74,7 @@ def test_the_environment_wins_over_the_parameters_cell_which_wins_over_the_defau
         ({"VAE_WEIGHTS": "no/such/vae.pt"}, "weights=no/such/vae.pt: no such file"),
         ({"VAE_NAME": "a", "VAE_RESULTS_DIR": "/tmp/b"}, "set name (a folder under runs/) or results_dir, not both"),
         ({"VAE_OBJECTIVE": "vae"}, "objective must be elbo or iwae; got 'vae'"),
+        ({"VAE_LR_SCHEDULE": "cosine"}, "lr_schedule must be constant or burda; got 'cosine'"),
         ({"VAE_BETA": "0"}, "beta must be a number > 0 and <= 100"),
         ({"VAE_BETA": "inf"}, "beta must be a number > 0 and <= 100"),
         ({"VAE_KL_WARMUP": "-1"}, "kl_warmup must be a whole number of epochs from 0 to epochs"),
@@ -113,6 +114,8 @@ def test_weights_cannot_be_combined_with_settings_of_training(tmp_path):
         load(VAE_WEIGHTS=str(weights), VAE_RESUME="1")
     with pytest.raises(spec.SettingsError, match="skips training, so beta, kl_warmup would change nothing"):
         load(VAE_WEIGHTS=str(weights), VAE_BETA="2", VAE_KL_WARMUP="1")
+    with pytest.raises(spec.SettingsError, match="skips training, so lr_schedule would change nothing"):
+        load(VAE_WEIGHTS=str(weights), VAE_LR_SCHEDULE="burda")
 
 
 # ---- where a run writes ------------------------------------------------------------------------

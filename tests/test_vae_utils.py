@@ -315,3 +315,17 @@ def test_the_kl_weight_multiplies_the_kl_term_only():
 )  # fmt: skip
 def test_the_kl_weight_rises_linearly_over_the_warm_up_then_stays_at_beta(beta, warmup, progress, weight):
     assert vae_utils.kl_weight(beta, warmup, progress) == pytest.approx(weight)
+
+
+def test_the_burda_schedule_runs_stages_of_3_to_the_i_epochs_at_10_to_the_minus_i_over_7_of_the_rate():
+    stages = [i for i in range(8) for _ in range(3**i)]  # Burda et al. 2016: 3**i passes in stage i, 3,280 in all
+    assert len(stages) == 3280
+    rates = [vae_utils.learning_rate(1e-3, "burda", epoch) for epoch in range(1, 3281)]
+    assert rates == pytest.approx([1e-3 * 10 ** (-i / 7) for i in stages], rel=1e-12)
+    assert rates[-1] == pytest.approx(1e-4)  # ten times lower after the last stage begins
+
+
+def test_the_constant_schedule_is_the_spec_rate_every_epoch_and_a_bad_one_is_refused():
+    assert {vae_utils.learning_rate(1e-3, "constant", epoch) for epoch in (1, 2, 500)} == {1e-3}
+    with pytest.raises(ValueError, match="schedule must be one of constant, burda; got 'cosine'"):
+        vae_utils.learning_rate(1e-3, "cosine", 1)
