@@ -89,7 +89,7 @@ def budget_figure(runs: dict, path: Path):
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for rows, style, how in (
         (constant, "-", "constant rate"),
-        ([m for m in runs.values() if scheduled(m)], "--", "rate schedule"),
+        ([m for m in runs.values() if scheduled(m)], "--", "Burda et al.'s rate schedule"),
     ):
         if not rows:
             continue
@@ -112,6 +112,6 @@ def budget_figure(runs: dict, path: Path):
     ax.set_ylim(BURDA[("elbo", 1)][0] - 3, max(late) + 3)  # the first epochs' 170 nats would flatten the rest
     ax.set(xscale="log", xlabel="passes over the training data", ylabel="nats per image")
     ax.set_title("does the gap close with more training?")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left")
     save_figure(fig, path)
     plt.close(fig)

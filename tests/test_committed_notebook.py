@@ -75,9 +75,10 @@ def test_the_committed_weights_give_the_committed_evaluation(tmp_path, mnist_roo
 
 
 @pytest.mark.slow
-def test_the_committed_weights_of_the_best_objective_give_its_committed_test_loss(tmp_path, mnist_root):
-    """results/studies/objectives/iwae5/vae.pt, evaluated again (the k = 5000 bound aside: 9 minutes)."""
-    study = RESULTS / "studies" / "objectives" / "iwae5"
+@pytest.mark.parametrize("best", ["objectives/iwae50", "budget/epochs540_burda"])
+def test_the_committed_weights_of_each_studys_best_run_give_its_committed_test_loss(tmp_path, mnist_root, best):
+    """results/studies/<study>/<run>/vae.pt, evaluated again (the k = 5000 bound aside: 9 minutes)."""
+    study = RESULTS / "studies" / best
     given = {"data_dir": str(mnist_root), "likelihood": "binarized", "iw_samples": 1}
     run_notebook(given, tmp_path / "run", weights=str(study / "vae.pt"))
     committed = json.loads((study / "metrics.json").read_text())["evaluation"]

@@ -201,8 +201,15 @@ def test_a_checkpoint_from_other_settings_or_past_the_epochs_is_refused(folder):
     checkpoint = Path(folder["VAE_RESULTS_DIR"]) / "checkpoint.pt"
     run_files.save_checkpoint(checkpoint, checkpoint_state(load(**folder)))
     with pytest.raises(spec.SettingsError) as error:
-        claim(VAE_LATENT_DIM="10", VAE_LR="0.01", VAE_TEST_SIZE="100", VAE_RESUME="1", **folder)
-    for difference in ("latent_dim: 20 there, 10 now", "lr: 0.001 there, 0.01 now", "test_size: 10000 there, 100 now"):
+        claim(
+            VAE_LATENT_DIM="10", VAE_LR="0.01", VAE_LR_SCHEDULE="burda", VAE_TEST_SIZE="100", VAE_RESUME="1", **folder
+        )
+    for difference in (
+        "latent_dim: 20 there, 10 now",
+        "lr: 0.001 there, 0.01 now",
+        "lr_schedule: 'constant' there, 'burda' now",
+        "test_size: 10000 there, 100 now",
+    ):
         assert difference in str(error.value)
     with pytest.raises(spec.SettingsError, match="is at epoch 3, past epochs=2; set epochs to at least 3"):
         claim(VAE_EPOCHS="2", VAE_RESUME="1", **folder)
