@@ -7,6 +7,7 @@ import numpy as np
 from matplotlib.image import imread
 from matplotlib.ticker import MaxNLocator
 
+from spec import setting_of
 from study_plans import BURDA
 from vae_utils import save_figure
 
@@ -77,7 +78,7 @@ def beta_figure(runs: dict, path: Path):
 
 def scheduled(metrics) -> bool:
     """The run lowered its learning rate on Burda et al.'s schedule (`lr_schedule = "burda"`)."""
-    return metrics["settings"].get("lr_schedule", "constant") != "constant"
+    return setting_of(metrics["settings"], "lr_schedule") != "constant"
 
 
 def budget_figure(runs: dict, path: Path):
@@ -87,9 +88,9 @@ def budget_figure(runs: dict, path: Path):
     """
     constant = sorted((m for m in runs.values() if not scheduled(m)), key=lambda m: m["settings"]["epochs"])
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for rows, style, how in (
-        (constant, "-", "constant rate"),
-        ([m for m in runs.values() if scheduled(m)], "--", "Burda et al.'s rate schedule"),
+    for rows, style, marker, how in (
+        (constant, "-", "o-", "constant rate"),
+        ([m for m in runs.values() if scheduled(m)], "--", "*", "Burda et al.'s rate schedule"),
     ):
         if not rows:
             continue
@@ -98,7 +99,6 @@ def budget_figure(runs: dict, path: Path):
         ax.plot(epochs, [row["train_loss"] for row in longest], style, color="C0", lw=0.8, label=f"train -ELBO, {how}")
         ax.plot(epochs, [row["test_loss"] for row in longest], style, color="C1", lw=0.8, label=f"test -ELBO, {how}")
         passes = [m["settings"]["epochs"] for m in rows]
-        marker = "o" + style if len(rows) > 1 else "*"
         ax.plot(
             passes,
             [-m["evaluation"]["iw_bound"] for m in rows],
