@@ -25,11 +25,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent
+from harness import REPO, STOPS  # the package's __init__ needs nothing but Python
+
 VENV = Path(os.environ.get("VENV_DIR", REPO / ".venv"))
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
-STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def sh(*cmd, echo=True):
@@ -45,13 +45,15 @@ def sh(*cmd, echo=True):
         sys.exit(code)
 
 
-def become(*cmd):
-    """Replace this process with `cmd` (same process id, signals and terminal): nothing is left behind
-    when it is stopped, and a stop reaches the command itself. Paths stay relative to where you stand."""
+def become(module, *args):
+    """Replace this process with `python -m module args` (same process id, signals and terminal): nothing
+    is left behind when it is stopped, and a stop reaches the command itself. Paths stay relative to
+    where you stand; the repository is on the module path."""
     sys.stdout.flush()
     for signum in STOPS:
         signal.signal(signum, signal.SIG_DFL)  # an ignored signal would stay ignored in the new program
-    os.execv(str(cmd[0]), [str(c) for c in cmd])
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    os.execve(str(PYTHON), [str(PYTHON), "-m", module, *map(str, args)], {**os.environ, "PYTHONPATH": path})
 
 
 def setup():
@@ -81,7 +83,7 @@ def no_arguments(task, args):
 
 def run(args):
     no_arguments("run", args)
-    become(PYTHON, REPO / "headless.py")
+    become("harness.headless")
 
 
 def lint(args):
@@ -100,16 +102,15 @@ def test(args):
 
 
 def study(args):
-    become(PYTHON, REPO / "studies.py", *args)
+    become("harness.studies", *args)
 
 
 def tables(args):
-    become(PYTHON, REPO / "summaries.py", *args)
+    become("harness.tables", *args)
 
 
 def bench(args):
-    os.chdir(REPO)
-    become(PYTHON, "-m", "benchmarks.benchmark", *args)
+    become("benchmarks.benchmark", *args)
 
 
 def format_(args):

@@ -7,20 +7,22 @@
                 (constant, or Burda et al.'s schedule).
 * evaluation -- `importance_weighted_bound`, `active_units`, `kl_per_dimension`, `mean_and_stderr`.
 * pictures   -- `save_grid` (a grid of digits, via `torchvision.utils.save_image`) and
-                `save_figure`, both written through `run_files.atomic_path`: to a temporary file,
-                then renamed, so an interrupted run never leaves a half-written file.
+                `save_figure`, both written through `atomic_path`: to a temporary file, then
+                renamed, so an interrupted run never leaves a half-written file.
 
-Pure torch and torchvision: no settings, no environment variables, no network.
+Torch, torchvision and the standard library only: nothing of this repo, no settings, no network.
 """
 
+import contextlib
+import errno
 import math
+import os
+import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.distributions import ContinuousBernoulli, Normal
-
-from run_files import atomic_path
 
 IMAGE_SIZE = 28 * 28
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "binarized")
@@ -167,6 +169,33 @@ def manifold_grid(n=20):
 
 
 # ---- pictures, written safely ----------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    Temporary files that a killed earlier write of `path` left behind are removed first. A full
+    disk raises an `OSError` that names `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"No space left on the device to write {path}") from None
+        raise
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def save_grid(images: torch.Tensor, path, nrow: int = 8) -> Path:
     """Save images (N x 784 or N x 1 x 28 x 28, values in [0, 1]) as one PNG grid.
 

@@ -31,11 +31,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-import headless
-import mnist_data
-from run_files import read_metrics, write_json
-from settings import REPO
-from summaries import BENCHMARK, benchmark_table
+from harness import REPO, headless, mnist
+from harness.files import read_metrics, write_json
+from harness.tables import BENCHMARK, benchmark_table
 
 RESULTS = BENCHMARK  # the figures of the last run, for README
 
@@ -152,7 +150,7 @@ def main():
     args = parser.parse_args()
     if args.epochs < 2 or args.rounds < 1:
         parser.error("--epochs must be at least 2 (the first epoch is warm-up) and --rounds at least 1")
-    data_dir = mnist_data.ensure_mnist(args.data_dir)
+    data_dir = mnist.ensure_mnist(args.data_dir)
     machine = (
         f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
-import headless
-import mnist_data
-from settings import REPO
+from harness import REPO, fingerprint, headless, mnist, settings
 
 # Small notebook runs: a subset of MNIST, a cheap bound. Enough to exercise every cell.
 QUICK = {"train_size": 1536, "test_size": 256, "iw_samples": 2}
@@ -43,16 +42,16 @@ class RunsCode:
 def mnist_root():
     """The real, verified MNIST (fetched once if needed, like the notebook does)."""
     root = Path(os.environ.get("VAE_DATA_DIR", REPO / "data"))
-    return mnist_data.ensure_mnist(root if root.is_absolute() else REPO / root)
+    return mnist.ensure_mnist(root if root.is_absolute() else REPO / root)
 
 
 @pytest.fixture()
 def mnist_copy(mnist_root, tmp_path):
     """A private copy of the four verified raw files, for tests that damage them."""
-    raw = mnist_data.raw_folder(tmp_path)
+    raw = mnist.raw_folder(tmp_path)
     raw.mkdir(parents=True)
-    for name in mnist_data.MNIST_MD5:
-        shutil.copy(mnist_data.raw_folder(mnist_root) / name, raw / name)
+    for name in mnist.MNIST_MD5:
+        shutil.copy(mnist.raw_folder(mnist_root) / name, raw / name)
     return tmp_path
 
 
@@ -88,3 +87,24 @@ def tasks(*args, env, cwd=REPO, timeout=900):
     return subprocess.run(
         ["python3", "tasks.py", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def load(**environ):
+    """Settings from these VAE_* variables alone; the folder is not claimed."""
+    return settings.resolve(None, environ, claim_folder=False)
+
+
+def claim(**environ):
+    """Settings as the notebook resolves them: the folder claimed (locked) and checked."""
+    return settings.resolve(None, environ)
+
+
+def checkpoint_state(s, epoch=3, epochs=None):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters(), fused=True)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    saved = {**vars(s), **({"epochs": epochs} if epochs else {})}
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+            "metrics": [{"epoch": e, "test_loss": 1.5} for e in range(1, epoch + 1)], "settings": saved,
+            "rng": torch.Generator().get_state(), "resumed": [], "code": fingerprint.code_of()}  # fmt: skip

@@ -6,9 +6,9 @@ import json
 import nbformat
 import pytest
 
-import spec
 from conftest import REPO, run_notebook
-from settings import RECORD
+from harness import settings
+from harness.settings import RECORD
 
 NOTEBOOK = REPO / "Variational_autoencoder.ipynb"
 RESULTS = RECORD
@@ -35,7 +35,7 @@ def test_the_notebook_is_one_clean_top_to_bottom_run():
 
 
 def test_the_committed_run_is_the_spec_run_and_passed_its_check():
-    assert spec.is_spec_run(committed_metrics()["settings"]) and committed_metrics()["finished"]
+    assert settings.is_spec_run(committed_metrics()["settings"]) and committed_metrics()["finished"]
     assert not any("injected-parameters" in c.metadata.get("tags", []) for c in notebook().cells)
     last = "".join(o.get("text", "") for o in code_cells()[-1].outputs)
     assert last.strip() == "test loss after 20 epochs is at most 102.0 nats per image"

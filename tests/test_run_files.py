@@ -3,15 +3,14 @@ of metrics.json."""
 
 import pytest
 import torch
-from test_settings import checkpoint_state, load
 
-import run_files
-from conftest import RunsCode
+from conftest import RunsCode, checkpoint_state, load
+from harness import files
 
 
 def test_json_with_nan_is_refused_and_leaves_no_file(tmp_path):
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
-        run_files.write_json(tmp_path / "metrics.json", {"test_loss": float("nan")})
+        files.write_json(tmp_path / "metrics.json", {"test_loss": float("nan")})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -23,15 +22,15 @@ def test_json_with_nan_is_refused_and_leaves_no_file(tmp_path):
 def test_a_missing_or_broken_metrics_json_is_named_in_one_line(tmp_path, content, reason):
     if content is not None:
         (tmp_path / "metrics.json").write_text(content)
-    with pytest.raises(run_files.UnreadableRun) as error:
-        run_files.read_metrics(tmp_path)
+    with pytest.raises(files.UnreadableRun) as error:
+        files.read_metrics(tmp_path)
     assert str(tmp_path / "metrics.json") in str(error.value) and reason in str(error.value)
     assert len(str(error.value).splitlines()) == 1
 
 
 def test_a_checkpoint_round_trips(tmp_path):
-    path = run_files.save_checkpoint(tmp_path / "checkpoint.pt", checkpoint_state(load()))
-    state = run_files.load_checkpoint(path)
+    path = files.save_checkpoint(tmp_path / "checkpoint.pt", checkpoint_state(load()))
+    state = files.load_checkpoint(path)
     assert state["epoch"] == 3 and state["metrics"][0]["test_loss"] == 1.5
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
@@ -57,7 +56,7 @@ def wrong_checkpoints(tmp_path, marker):
             torch.save(content, path)
         yield name, path, reason
     truncated = tmp_path / "truncated.pt"
-    run_files.save_checkpoint(truncated, good)
+    files.save_checkpoint(truncated, good)
     truncated.write_bytes(truncated.read_bytes()[:2000])
     yield "truncated", truncated, "is truncated or not a PyTorch file"
 
@@ -65,8 +64,8 @@ def wrong_checkpoints(tmp_path, marker):
 def test_every_wrong_checkpoint_is_refused_with_its_real_reason_and_runs_no_code(tmp_path):
     marker = tmp_path / "pwned"
     for name, path, reason in wrong_checkpoints(tmp_path, marker):
-        with pytest.raises(run_files.CheckpointError) as error:
-            run_files.load_checkpoint(path)
+        with pytest.raises(files.CheckpointError) as error:
+            files.load_checkpoint(path)
         message = str(error.value)
         assert reason in message, (name, message)
         assert "weights_only=False" not in message and len(message.splitlines()) == 1, (name, message)
@@ -74,30 +73,30 @@ def test_every_wrong_checkpoint_is_refused_with_its_real_reason_and_runs_no_code
 
 
 def test_a_checkpoint_of_another_model_is_refused_naming_the_shapes(tmp_path):
-    path = run_files.save_checkpoint(tmp_path / "checkpoint.pt", checkpoint_state(load()))
-    with pytest.raises(run_files.CheckpointError, match=r"holds another model: weight \(2, 3\) instead of \(4, 3\)"):
-        run_files.load_checkpoint(path, model=torch.nn.Linear(3, 4))
-    with pytest.raises(run_files.CheckpointError, match=r"holds another model: 0\.bias, 0\.weight, bias, weight"):
-        run_files.load_checkpoint(path, model=torch.nn.Sequential(torch.nn.Linear(3, 2)))
+    path = files.save_checkpoint(tmp_path / "checkpoint.pt", checkpoint_state(load()))
+    with pytest.raises(files.CheckpointError, match=r"holds another model: weight \(2, 3\) instead of \(4, 3\)"):
+        files.load_checkpoint(path, model=torch.nn.Linear(3, 4))
+    with pytest.raises(files.CheckpointError, match=r"holds another model: 0\.bias, 0\.weight, bias, weight"):
+        files.load_checkpoint(path, model=torch.nn.Sequential(torch.nn.Linear(3, 2)))
 
 
 def test_weights_are_loaded_safely_or_refused(tmp_path):
     model = torch.nn.Linear(3, 2)
-    path = run_files.save_weights(tmp_path / "vae.pt", model)
+    path = files.save_weights(tmp_path / "vae.pt", model)
     copy = torch.nn.Linear(3, 2)
-    run_files.load_weights(path, copy)
+    files.load_weights(path, copy)
     assert torch.equal(copy.weight, model.weight)
-    with pytest.raises(run_files.CheckpointError, match="holds another model"):
-        run_files.load_weights(path, torch.nn.Linear(3, 5))
+    with pytest.raises(files.CheckpointError, match="holds another model"):
+        files.load_weights(path, torch.nn.Linear(3, 5))
     marker = tmp_path / "pwned"
     torch.save({"weight": RunsCode(marker)}, tmp_path / "evil.pt")
-    with pytest.raises(run_files.CheckpointError, match="names the Python object"):
-        run_files.load_weights(tmp_path / "evil.pt", copy)
+    with pytest.raises(files.CheckpointError, match="names the Python object"):
+        files.load_weights(tmp_path / "evil.pt", copy)
     assert not marker.exists()
 
 
 def test_the_same_weights_saved_twice_are_the_same_bytes(tmp_path):
     model = torch.nn.Linear(3, 2)
-    first = run_files.save_weights(tmp_path / "a" / "vae.pt", model).read_bytes()
-    second = run_files.save_weights(tmp_path / "b" / "vae.pt", model).read_bytes()
+    first = files.save_weights(tmp_path / "a" / "vae.pt", model).read_bytes()
+    second = files.save_weights(tmp_path / "b" / "vae.pt", model).read_bytes()
     assert first == second  # a re-run with the same numbers leaves a committed vae.pt as it was

@@ -1,4 +1,4 @@
-"""settings and spec: every setting checked before any work, a run's folder chosen by one rule, one
+"""harness.settings: every setting checked before any work, a run's folder chosen by one rule, one
 writer per folder, and a folder that holds another run (or an unfinished one) never overwritten."""
 
 import subprocess
@@ -8,34 +8,22 @@ from pathlib import Path
 import pytest
 import torch
 
-import run_files
-import settings
-import spec
-from conftest import REPO
-
-
-def load(**environ):
-    """Settings from these VAE_* variables alone; the folder is not claimed."""
-    return settings.resolve(None, environ, claim_folder=False)
-
-
-def claim(**environ):
-    """Settings as the notebook resolves them: the folder claimed (locked) and checked."""
-    return settings.resolve(None, environ)
+from conftest import REPO, checkpoint_state, claim, load
+from harness import files, settings
 
 
 @pytest.fixture()
 def folder(tmp_path):
     yield {"VAE_RESULTS_DIR": str(tmp_path / "run")}
-    run_files.release_folders()
+    files.release_folders()
 
 
 # ---- settings --------------------------------------------------------------------------------
 def test_the_defaults_are_the_spec_and_go_to_results():
     s = load()
-    assert {name: getattr(s, name) for name in spec.SPEC} == spec.SPEC
+    assert {name: getattr(s, name) for name in settings.SPEC} == settings.SPEC
     assert (s.epochs, s.batch_size, s.lr, s.latent_dim) == (20, 128, 1e-3, 20)
-    assert s.results_dir == "results" and spec.is_spec_run(s)
+    assert s.results_dir == "results" and settings.is_spec_run(s)
 
 
 def test_the_environment_wins_over_the_parameters_cell_which_wins_over_the_defaults(folder):
@@ -86,14 +74,14 @@ def test_the_environment_wins_over_the_parameters_cell_which_wins_over_the_defau
     ],
 )
 def test_bad_settings_are_refused_with_the_setting_and_what_it_accepts(environ, words):
-    with pytest.raises(spec.SettingsError) as error:
+    with pytest.raises(settings.SettingsError) as error:
         load(**environ)
     assert words in str(error.value)
 
 
 def test_a_bad_value_in_the_parameters_cell_is_named_with_where_it_came_from():
     with pytest.raises(
-        spec.SettingsError, match=r"epochs must be a whole number >= 1; got 2.5 \(from the parameters cell\)"
+        settings.SettingsError, match=r"epochs must be a whole number >= 1; got 2.5 \(from the parameters cell\)"
     ):
         settings.resolve({"epochs": 2.5}, {}, claim_folder=False)
 
@@ -101,20 +89,20 @@ def test_a_bad_value_in_the_parameters_cell_is_named_with_where_it_came_from():
 def test_an_unavailable_device_is_refused_up_front():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(spec.SettingsError, match="not available on this machine; use device auto or cpu"):
+    with pytest.raises(settings.SettingsError, match="not available on this machine; use device auto or cpu"):
         load(VAE_DEVICE="cuda:3")
 
 
 def test_weights_cannot_be_combined_with_settings_of_training(tmp_path):
     weights = tmp_path / "vae.pt"
     weights.write_bytes(b"")
-    with pytest.raises(spec.SettingsError, match="skips training, so epochs would change nothing"):
+    with pytest.raises(settings.SettingsError, match="skips training, so epochs would change nothing"):
         load(VAE_WEIGHTS=str(weights), VAE_EPOCHS="3")
-    with pytest.raises(spec.SettingsError, match="set resume to False"):
+    with pytest.raises(settings.SettingsError, match="set resume to False"):
         load(VAE_WEIGHTS=str(weights), VAE_RESUME="1")
-    with pytest.raises(spec.SettingsError, match="skips training, so beta, kl_warmup would change nothing"):
+    with pytest.raises(settings.SettingsError, match="skips training, so beta, kl_warmup would change nothing"):
         load(VAE_WEIGHTS=str(weights), VAE_BETA="2", VAE_KL_WARMUP="1")
-    with pytest.raises(spec.SettingsError, match="skips training, so lr_schedule would change nothing"):
+    with pytest.raises(settings.SettingsError, match="skips training, so lr_schedule would change nothing"):
         load(VAE_WEIGHTS=str(weights), VAE_LR_SCHEDULE="burda")
 
 
@@ -136,7 +124,7 @@ def test_an_experiment_gets_a_folder_of_its_own_named_from_its_settings():
      "results/studies/seeds/seed9", "tests", "README.md", "runs", "docs/../results"],
 )  # fmt: skip
 def test_an_experiment_writes_only_under_runs_or_outside_the_repository(where):
-    with pytest.raises(spec.SettingsError) as error:
+    with pytest.raises(settings.SettingsError) as error:
         load(VAE_EPOCHS="2", VAE_RESULTS_DIR=str(REPO / where))
     assert "inside the repository a run writes only under runs/" in str(error.value)
     assert "runs/epochs=2/" in str(error.value)
@@ -144,7 +132,7 @@ def test_an_experiment_writes_only_under_runs_or_outside_the_repository(where):
 
 def test_a_study_run_may_write_its_own_folder_and_nothing_else():
     assert load(VAE_SEED="1", VAE_RESULTS_DIR=str(REPO / "results/studies/seeds/seed1")).seed == 1
-    with pytest.raises(spec.SettingsError, match="writes only under runs/"):  # seed1's folder, seed 2's settings
+    with pytest.raises(settings.SettingsError, match="writes only under runs/"):  # seed1's folder, seed 2's settings
         load(VAE_SEED="2", VAE_RESULTS_DIR=str(REPO / "results/studies/seeds/seed1"))
     assert load(VAE_RESULTS_DIR=str(REPO / "results")).results_dir == "results"  # the spec's run, named
 
@@ -152,29 +140,18 @@ def test_a_study_run_may_write_its_own_folder_and_nothing_else():
 def test_a_results_folder_that_is_a_file_or_not_writable_is_refused(tmp_path, monkeypatch):
     a_file = tmp_path / "file"
     a_file.write_text("")
-    with pytest.raises(spec.SettingsError, match=r"results_dir=.*file/run: .*file is not a folder"):
+    with pytest.raises(settings.SettingsError, match=r"results_dir=.*file/run: .*file is not a folder"):
         load(VAE_RESULTS_DIR=str(a_file / "run"))
     monkeypatch.setattr(settings.os, "access", lambda path, mode: False)
-    with pytest.raises(spec.SettingsError, match=r"results_dir=.*: .* is not writable"):
+    with pytest.raises(settings.SettingsError, match=r"results_dir=.*: .* is not writable"):
         load(VAE_RESULTS_DIR=str(tmp_path / "run"))
-
-
-def checkpoint_state(s, epoch=3, epochs=None):
-    model = torch.nn.Linear(3, 2)
-    optimizer = torch.optim.Adam(model.parameters(), fused=True)
-    model(torch.ones(1, 3)).sum().backward()
-    optimizer.step()
-    saved = {**vars(s), **({"epochs": epochs} if epochs else {})}
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-            "metrics": [{"epoch": e, "test_loss": 1.5} for e in range(1, epoch + 1)], "settings": saved,
-            "rng": torch.Generator().get_state(), "resumed": []}  # fmt: skip
 
 
 def test_an_unfinished_run_is_not_replaced_by_a_fresh_one(folder):
     checkpoint = Path(folder["VAE_RESULTS_DIR"]) / "checkpoint.pt"
-    run_files.save_checkpoint(checkpoint, checkpoint_state(load(**folder), epoch=3))  # 3 of 20 epochs
+    files.save_checkpoint(checkpoint, checkpoint_state(load(**folder), epoch=3))  # 3 of 20 epochs
     before = checkpoint.read_bytes()
-    with pytest.raises(spec.SettingsError) as error:
+    with pytest.raises(settings.SettingsError) as error:
         claim(**folder)
     assert "holds an unfinished run (epoch 3 of 20). To continue it set resume = True in the parameters cell" in str(
         error.value
@@ -186,21 +163,21 @@ def test_an_unfinished_run_is_not_replaced_by_a_fresh_one(folder):
 
 def test_a_finished_run_with_the_same_settings_may_be_run_again(folder):
     checkpoint = Path(folder["VAE_RESULTS_DIR"]) / "checkpoint.pt"
-    run_files.save_checkpoint(checkpoint, checkpoint_state(load(**folder), epoch=20))
+    files.save_checkpoint(checkpoint, checkpoint_state(load(**folder), epoch=20))
     assert claim(**folder).results_dir == folder["VAE_RESULTS_DIR"]
 
 
 def test_a_folder_holding_a_run_with_other_settings_is_not_overwritten(folder):
     results = Path(folder["VAE_RESULTS_DIR"])
-    run_files.write_json(results / "metrics.json", {"settings": vars(load(VAE_LR="0.01", **folder))})
-    with pytest.raises(spec.SettingsError, match=r"holds a run with other settings \(lr: 0.01 there, 0.001 now\)"):
+    files.write_json(results / "metrics.json", {"settings": vars(load(VAE_LR="0.01", **folder)), "code": None})
+    with pytest.raises(settings.SettingsError, match=r"holds a run with other settings \(lr: 0.01 there, 0.001 now\)"):
         claim(**folder)
 
 
 def test_a_checkpoint_from_other_settings_or_past_the_epochs_is_refused(folder):
     checkpoint = Path(folder["VAE_RESULTS_DIR"]) / "checkpoint.pt"
-    run_files.save_checkpoint(checkpoint, checkpoint_state(load(**folder)))
-    with pytest.raises(spec.SettingsError) as error:
+    files.save_checkpoint(checkpoint, checkpoint_state(load(**folder)))
+    with pytest.raises(settings.SettingsError) as error:
         claim(
             VAE_LATENT_DIM="10", VAE_LR="0.01", VAE_LR_SCHEDULE="burda", VAE_TEST_SIZE="100", VAE_RESUME="1", **folder
         )
@@ -211,19 +188,19 @@ def test_a_checkpoint_from_other_settings_or_past_the_epochs_is_refused(folder):
         "test_size: 10000 there, 100 now",
     ):
         assert difference in str(error.value)
-    with pytest.raises(spec.SettingsError, match="is at epoch 3, past epochs=2; set epochs to at least 3"):
+    with pytest.raises(settings.SettingsError, match="is at epoch 3, past epochs=2; set epochs to at least 3"):
         claim(VAE_EPOCHS="2", VAE_RESUME="1", **folder)
 
 
 def test_a_folder_in_use_by_another_process_is_refused_naming_it(folder):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time, run_files; run_files.lock_folder(sys.argv[1]); print(1, flush=True); "
-         "time.sleep(60)", folder["VAE_RESULTS_DIR"]],
+        [sys.executable, "-c", "import sys, time; from harness import files; files.lock_folder(sys.argv[1]); "
+         "print(1, flush=True); time.sleep(60)", folder["VAE_RESULTS_DIR"]],
         cwd=REPO, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "1"
-        with pytest.raises(spec.SettingsError, match=rf"is in use by process {holder.pid} \(.*python.*\)"):
+        with pytest.raises(settings.SettingsError, match=rf"is in use by process {holder.pid} \(.*python.*\)"):
             claim(**folder)
     finally:
         holder.kill()
@@ -235,14 +212,14 @@ def test_the_same_process_may_claim_its_folder_again_and_gives_up_the_old_one_fo
     claim(VAE_RESULTS_DIR=str(tmp_path / "a"))
     claim(VAE_RESULTS_DIR=str(tmp_path / "a"))  # a cell run twice
     claim(VAE_RESULTS_DIR=str(tmp_path / "b"))  # settings changed in the same kernel
-    assert list(run_files.HELD) == [(tmp_path / "b").resolve()]
-    run_files.release_folders()
+    assert list(files.HELD) == [(tmp_path / "b").resolve()]
+    files.release_folders()
 
 
 def test_headless_passes_the_spec_runs_machine_settings_as_variables_and_an_experiments_as_papermill_does(
     monkeypatch, tmp_path
 ):
-    import headless
+    from harness import headless
 
     seen = []
     monkeypatch.setattr(headless.LiveClient, "execute", lambda self, **kw: seen.append({**kw, "nb": self.nb}))
@@ -250,11 +227,15 @@ def test_headless_passes_the_spec_runs_machine_settings_as_variables_and_an_expe
     quiet = {"environ": {"PATH": "x", "VAE_EPOCHS": "3"}, "echo": lambda text: None}
     headless.execute({"data_dir": str(tmp_path), "device": "cpu"}, **quiet)
     spec_run = seen[-1]
-    assert spec_run["env"] == {"PATH": "x", "VAE_DATA_DIR": str(tmp_path), "VAE_DEVICE": "cpu"}
+    notebook = {"JPY_SESSION_NAME": str(headless.NOTEBOOK)}  # the notebook the kernel runs, named as Jupyter does
+    assert spec_run["env"] == {"PATH": "x", "VAE_DATA_DIR": str(tmp_path), "VAE_DEVICE": "cpu", **notebook}
     assert not any("injected-parameters" in c.metadata.get("tags", []) for c in spec_run["nb"].cells)
     assert spec_run["path"] == headless.NOTEBOOK
     headless.execute({"data_dir": str(tmp_path), "epochs": 2, "name": "two"}, **quiet)
     experiment = seen[-1]
     (injected,) = [c for c in experiment["nb"].cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert "epochs = 2" in injected.source and f'results_dir = "{REPO / "runs" / "two"}"' in injected.source
-    assert experiment["env"] == {"PATH": "x"} and experiment["path"] == REPO / "runs" / "two" / headless.NOTEBOOK.name
+    assert (
+        experiment["env"] == {"PATH": "x", **notebook}
+        and experiment["path"] == REPO / "runs" / "two" / headless.NOTEBOOK.name
+    )

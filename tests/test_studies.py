@@ -8,11 +8,9 @@ import statistics
 import pytest
 import torch
 
-import run_files
-import studies
-import summaries
 from conftest import QUICK, REPO, run_notebook
-from spec import SPEC
+from harness import files, fingerprint, studies, tables
+from harness.settings import SETTINGS
 
 SMALL = {"epochs": 1, **QUICK}
 TWO_RUNS = {"seed0": {"seed": 0, **SMALL}, "seed1": {"seed": 1, **SMALL}}
@@ -51,7 +49,7 @@ def test_the_runner_runs_each_run_once_continues_and_names_a_failing_run(quick_e
 def constructed_run(folder, seed, test_loss, iw_bound, active, latent_dim=20):
     epochs = [{"epoch": e, "test_loss": test_loss + 10 / e} for e in (1, 2, 3)]
     epochs[-1]["test_loss"] = test_loss
-    settings = {**SPEC, "seed": seed, "latent_dim": latent_dim}
+    settings = {**{name: s.default for name, s in SETTINGS.items()}, "seed": seed, "latent_dim": latent_dim}
     evaluation = {
         "iw_bound": iw_bound,
         "iw_samples": 50,
@@ -60,12 +58,13 @@ def constructed_run(folder, seed, test_loss, iw_bound, active, latent_dim=20):
     }
     metrics = {
         "settings": settings,
+        "code": fingerprint.code_of(),
         "finished": True,
         "epochs": epochs,
         "test_loss": test_loss,
         "evaluation": evaluation,
     }
-    run_files.write_json(folder / "metrics.json", metrics)
+    files.write_json(folder / "metrics.json", metrics)
 
 
 def test_the_seeds_summary_gives_the_mean_and_sample_standard_deviation(tmp_path):
@@ -76,7 +75,7 @@ def test_the_seeds_summary_gives_the_mean_and_sample_standard_deviation(tmp_path
     )
     for seed in range(5):
         constructed_run(tmp_path / f"seed{seed}", seed, losses[seed], bounds[seed], active[seed])
-    table = summaries.summarize("seeds", tmp_path)
+    table = tables.summarize("seeds", tmp_path)
     assert f"| test loss (negative ELBO) | 102.00 | {statistics.stdev(losses):.2f} |" in table  # 1.58: n - 1
     assert f"| importance-weighted bound, k = 50 | -97.00 | {statistics.stdev(bounds):.2f} |" in table
     assert "| active units (of 20) | 12.0 | 0.7 |" in table
@@ -86,26 +85,26 @@ def test_the_seeds_summary_gives_the_mean_and_sample_standard_deviation(tmp_path
 def test_the_latent_sizes_summary_orders_by_size_and_draws_its_figure(tmp_path):
     for size, loss in ((20, 100.5), (2, 140.0), (50, 100.9), (5, 110.0), (10, 102.0)):
         constructed_run(tmp_path / f"latent{size}", 0, loss, -loss + 3, min(size, 12), latent_dim=size)
-    rows = [line for line in summaries.summarize("latent_sizes", tmp_path).splitlines() if line[2:3].isdigit()]
+    rows = [line for line in tables.summarize("latent_sizes", tmp_path).splitlines() if line[2:3].isdigit()]
     assert [row.split("|")[1].strip() for row in rows] == ["2", "5", "10", "20", "50"]
     assert "… (8 more)" in rows[-2] and "… (38 more)" in rows[-1]
     assert (tmp_path / "latent_size.png").is_file()
 
 
 def test_readme_and_docs_tables_are_what_the_code_makes_of_the_committed_files():
-    texts = {doc: (REPO / doc).read_text() for doc in summaries.DOCUMENTS}
-    tables = summaries.readme_tables()
-    for name in tables:
+    texts = {doc: (REPO / doc).read_text() for doc in tables.DOCUMENTS}
+    generated = tables.readme_tables()
+    for name in generated:
         assert any(f"<!-- table: {name} -->" in text for text in texts.values()), f"no generated block {name}"
     for doc, text in texts.items():
-        assert summaries.with_tables(text, tables) == text, f"{doc}: run `python3 tasks.py tables --write`"
+        assert tables.with_tables(text, generated) == text, f"{doc}: run `python3 tasks.py tables --write`"
 
 
 def test_a_summary_over_fewer_runs_than_the_study_defines_is_refused_and_not_written(tmp_path):
     for seed in (0, 1, 2, 4):  # seed3 missing
         constructed_run(tmp_path / f"seed{seed}", seed, 100.0 + seed, -97.0, 12)
-    with pytest.raises(run_files.UnreadableRun, match=r"seed3/metrics.json is missing \(1 of 5 runs not done\)"):
-        summaries.summarize("seeds", tmp_path)
+    with pytest.raises(files.UnreadableRun, match=r"seed3/metrics.json is missing \(1 of 5 runs not done\)"):
+        tables.summarize("seeds", tmp_path)
     assert not (tmp_path / "summary.md").exists()
 
 
@@ -113,9 +112,9 @@ def test_a_broken_metrics_json_in_a_study_is_named_by_the_tables_command(tmp_pat
     for seed in range(5):
         constructed_run(tmp_path / "seeds" / f"seed{seed}", seed, 100.0, -97.0, 12)
     (tmp_path / "seeds" / "seed2" / "metrics.json").write_text('{"settings": {"seed": 2')  # cut short
-    monkeypatch.setattr(summaries, "STUDY_RECORD", tmp_path)
+    monkeypatch.setattr(tables, "STUDY_RECORD", tmp_path)
     with pytest.raises(SystemExit) as stop:
-        summaries.main([])
+        tables.main([])
     assert str(stop.value).startswith("error: ") and "seeds/seed2/metrics.json cannot be read (JSONDecodeError" in str(
         stop.value
     )

@@ -8,20 +8,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_settings import checkpoint_state, load
 
-import run_files
-import settings
-import spec
-import training_run
+from conftest import checkpoint_state, load
+from harness import files, settings
+from harness import run as training
 
 
 def test_the_advice_after_a_diverged_run_is_accepted(tmp_path, monkeypatch):
     monkeypatch.setattr(settings, "RUNS", tmp_path / "runs")
     diverged = load(VAE_LR="0.005")
     checkpoint = Path(diverged.results_dir) / "checkpoint.pt"
-    run_files.save_checkpoint(checkpoint, checkpoint_state(diverged, epoch=2))  # diverged at epoch 3
-    advice = str(training_run.NonFiniteLossError(3, "batch 7 of 469", checkpoint, diverged.lr))
+    files.save_checkpoint(checkpoint, checkpoint_state(diverged, epoch=2))  # diverged at epoch 3
+    advice = str(training.NonFiniteLossError(3, "batch 7 of 469", checkpoint, diverged.lr))
     assert "at epoch 3, batch 7 of 469" in advice and "is kept as it was" in advice
     assert "lr = 0.0005 (VAE_LR=0.0005)" in advice
     follow = load(VAE_LR="0.0005")  # the advice, taken: a fresh run in a folder of its own
@@ -29,13 +27,13 @@ def test_the_advice_after_a_diverged_run_is_accepted(tmp_path, monkeypatch):
 
 
 def test_first_nonfinite_finds_the_first_bad_step():
-    assert training_run.first_nonfinite(torch.tensor([1.0, 2.0, float("nan"), float("inf")])) == 3
-    assert training_run.first_nonfinite(torch.tensor([1.0, 2.0])) is None
+    assert training.first_nonfinite(torch.tensor([1.0, 2.0, float("nan"), float("inf")])) == 3
+    assert training.first_nonfinite(torch.tensor([1.0, 2.0])) is None
 
 
 def test_a_resume_records_the_settings_it_changed():
     saved = vars(load())
-    changed = training_run.resume_changes(saved, load(VAE_EPOCHS="30", VAE_IW_SAMPLES="5", VAE_RESUME="1"))
+    changed = training.resume_changes(saved, load(VAE_EPOCHS="30", VAE_IW_SAMPLES="5", VAE_RESUME="1"))
     assert changed == {"epochs": [20, 30], "iw_samples": [50, 5]}
 
 
@@ -44,7 +42,7 @@ def tiny_run(tmp_path, epochs=3):
     model = torch.nn.Linear(4, 2)
     optimizer = torch.optim.Adam(model.parameters())
     run_settings = SimpleNamespace(**{**vars(load()), "epochs": epochs, "train_size": 8, "results_dir": str(tmp_path)})
-    return training_run.TrainingRun.start(run_settings, model, optimizer, torch.Generator().manual_seed(0))
+    return training.TrainingRun.start(run_settings, model, optimizer, torch.Generator().manual_seed(0))
 
 
 def step(run):
@@ -59,48 +57,79 @@ def step(run):
 
 def test_a_stop_mid_epoch_puts_the_run_back_at_its_last_complete_epoch_and_going_on_gives_the_same_run(tmp_path):
     straight = tiny_run(tmp_path / "straight")
-    for epoch in straight.epochs_to_train():
+    for epoch in straight.epochs_to_train(straight.model, straight.optimizer):
         straight.record_epoch(epoch, step(straight), (1.0, 1.0, 0.0), 0.0)
     stopped = tiny_run(tmp_path / "stopped")
     with (
-        pytest.raises(
-            training_run.RunStopped, match=r"Stopped during epoch 2: the model is back at the end of epoch 1"
-        ),
+        pytest.raises(training.RunStopped, match=r"Stopped during epoch 2: the model is back at the end of epoch 1"),
         stopped.stop_safely(),
     ):
-        for epoch in stopped.epochs_to_train():
+        for epoch in stopped.epochs_to_train(stopped.model, stopped.optimizer):
             step(stopped)  # half an epoch's work, then the stop button
             if epoch == 2:
                 raise KeyboardInterrupt
             stopped.record_epoch(epoch, step(stopped), (1.0, 1.0, 0.0), 0.0)
     assert stopped.epoch == 1 and [row["epoch"] for row in stopped.history] == [1]
-    assert training_run.RunStopped("x")._render_traceback_() == ["x"]  # one line in Jupyter, no traceback
+    assert training.RunStopped("x")._render_traceback_() == ["x"]  # one line in Jupyter, no traceback
     with stopped.stop_safely():  # the training cell, run again
-        for epoch in stopped.epochs_to_train():
+        for epoch in stopped.epochs_to_train(stopped.model, stopped.optimizer):
             step(stopped)
             stopped.record_epoch(epoch, step(stopped), (1.0, 1.0, 0.0), 0.0)
-    assert [row["epoch"] for row in stopped.history] == [1, 2, 3] and list(stopped.epochs_to_train()) == []
+    assert [row["epoch"] for row in stopped.history] == [1, 2, 3] and list(
+        stopped.epochs_to_train(stopped.model, stopped.optimizer)
+    ) == []
 
 
 def test_a_failure_inside_also_goes_back_and_the_checkpoint_holds_the_last_good_epoch(tmp_path):
     run = tiny_run(tmp_path)
     run.record_epoch(1, step(run), (1.0, 1.0, 0.0), 0.0)
     good = run.model.weight.detach().clone()
-    with pytest.raises(training_run.NonFiniteLossError, match="at epoch 2, batch 1 of 1"), run.stop_safely():
+    with pytest.raises(training.NonFiniteLossError, match="at epoch 2, batch 1 of 1"), run.stop_safely():
         step(run)
         run.record_epoch(2, torch.tensor([float("nan")]), (1.0, 1.0, 0.0), 0.0)
     assert torch.equal(run.model.weight, good)
-    assert run_files.load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    assert files.load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
 
 
 def test_the_record_holds_the_history_the_evaluation_and_the_weights_beside_it(tmp_path):
     run = tiny_run(tmp_path, epochs=1)
     run.record_epoch(1, step(run), (1.0, 0.5, 0.5), 0.1)
-    metrics = run.record({"test_loss": 1.0}, "cpu")
+    metrics = run.record({"test_loss": 1.0}, "cpu", run.model)
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert metrics["finished"] and [row["epoch"] for row in metrics["epochs"]] == [1]
     weights = torch.load(tmp_path / "vae.pt", weights_only=True)
     assert torch.equal(weights["weight"], run.model.weight)
+
+
+def as_if_made_by_other_code(folder):
+    """Rewrite the folder's checkpoint as a run of other code (an edited loss) would have left it."""
+    state = files.load_checkpoint(folder / "checkpoint.pt")
+    state["code"] = {"fingerprint": "other", "parts": {**state["code"]["parts"], "vae_utils.py": "edited"}}
+    files.save_checkpoint(folder / "checkpoint.pt", state)
+
+
+def test_a_finished_run_of_other_code_is_kept_elsewhere_and_replaced_in_results(tmp_path, monkeypatch, capsys):
+    run = tiny_run(tmp_path, epochs=1)
+    run.record_epoch(1, step(run), (1.0, 0.5, 0.5), 0.1)
+    run.record({"test_loss": 1.0}, "cpu", run.model)
+    as_if_made_by_other_code(tmp_path)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(training.RunRefused, match=r"holds a run of other code \(changed: vae_utils.py\): it is kept"):
+        tiny_run(tmp_path, epochs=1)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    monkeypatch.setattr(training, "RECORD", tmp_path)  # the same folder as results/, the spec run's record
+    afresh = tiny_run(tmp_path, epochs=1)
+    assert afresh.epoch == 0 and list(afresh.epochs_to_train(afresh.model, afresh.optimizer)) == [1]
+    assert "results/ is the record of the current code" in capsys.readouterr().out
+
+
+def test_a_model_or_optimiser_not_the_runs_is_refused_before_training(tmp_path):
+    run = tiny_run(tmp_path)
+    other = torch.nn.Linear(4, 2)
+    with pytest.raises(training.RunRefused, match="a cell above was run again alone"):
+        run.epochs_to_train(other, run.optimizer)
+    with pytest.raises(training.RunRefused, match="a cell above was run again alone"):
+        training.TrainingRun.start(run.settings, other, run.optimizer, run.generator)
 
 
 # ---- provenance ------------------------------------------------------------------------------
@@ -109,19 +138,19 @@ def git(*args):
 
 
 def test_provenance_tells_the_truth_about_git_for_a_results_folder_outside_the_repo(tmp_path):
-    facts = training_run.provenance("cpu", tmp_path)
+    facts = training.provenance("cpu", tmp_path)
     assert facts["git_commit"] == git("rev-parse", "HEAD").strip()
     assert facts["git_dirty"] == bool(git("status", "--porcelain", "--untracked-files=no").strip())
     assert "git_unknown" not in facts
 
 
 def test_provenance_says_null_and_why_when_git_cannot_tell(tmp_path, monkeypatch):
-    monkeypatch.setattr(training_run, "REPO", tmp_path)  # not a git checkout
-    facts = training_run.provenance("cpu", tmp_path / "results")
+    monkeypatch.setattr(training, "REPO", tmp_path)  # not a git checkout
+    facts = training.provenance("cpu", tmp_path / "results")
     assert facts["git_commit"] is None and facts["git_dirty"] is None
     assert "not a git repository" in facts["git_unknown"]
     json.dumps(facts)  # and it is still JSON
 
 
 def test_spec_defaults_are_what_the_notebook_names():
-    assert spec.SPEC["epochs"] == 20 and spec.SPEC["objective"] == "elbo" and spec.SPEC["beta"] == 1.0
+    assert settings.SPEC["epochs"] == 20 and settings.SPEC["objective"] == "elbo" and settings.SPEC["beta"] == 1.0

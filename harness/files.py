@@ -1,55 +1,28 @@
 """The files of a run's folder, written safely and read with suspicion.
 
-* writes      -- `atomic_path`, `write_text`, `write_json`: a temporary file renamed into place, so a
-                 stopped run never leaves a half-written file.
+* writes      -- `write_text`, `write_json`, `save_checkpoint` through `vae_utils.atomic_path`: a
+                 temporary file renamed into place, so a stopped run never leaves a half-written file.
 * metrics     -- `read_metrics`, the one reader of metrics.json.
 * checkpoints -- `save_checkpoint` / `load_checkpoint` and `save_weights` / `load_weights`, which
                  trust a file only when it is what it claims (`CheckpointError` otherwise).
-* the lock    -- `lock_folder`: one writer per run folder, held until the process ends.
+* the lock    -- `lock_folder`: one writer per run folder, held until the process ends (`filelock`:
+                 the operating system's lock on every platform).
 """
 
-import contextlib
-import errno
-import fcntl
 import io
 import json
 import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
+import filelock
 import torch
+
+from vae_utils import atomic_path
 
 
 # ---- writes ----------------------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
-
-    Temporary files that a killed earlier write of `path` left behind are removed first. A full
-    disk raises an `OSError` that names `path`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except OSError as error:
-        if error.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, f"No space left on the device to write {path}") from None
-        raise
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def write_text(path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -78,7 +51,17 @@ def read_metrics(folder, missing_ok=False):
         raise UnreadableRun(f"{path} cannot be read ({type(error).__name__}: {error}).") from None
     if not isinstance(metrics, dict) or not isinstance(metrics.get("settings"), dict):
         raise UnreadableRun(f"{path} is not the metrics.json of a run: it has no settings.")
+    lacking = lacking_settings(metrics["settings"]) + ([] if "code" in metrics else ["code"])
+    if lacking:
+        raise UnreadableRun(f"{path} is not a whole record: it lacks {', '.join(lacking)}.")
     return metrics
+
+
+def lacking_settings(saved: dict) -> list:
+    """The settings a saved run (metrics.json, a checkpoint) does not record: none is ever guessed."""
+    from harness.settings import SETTINGS
+
+    return [name for name in SETTINGS if name not in saved]
 
 
 # ---- checkpoints -----------------------------------------------------------------------------
@@ -94,6 +77,7 @@ CHECKPOINT_TYPES = {
     "settings": dict,
     "rng": torch.Tensor,
     "resumed": list,
+    "code": dict | type(None),  # None: made before runs recorded their code
 }
 
 
@@ -146,9 +130,9 @@ def load_checkpoint(path, model=None) -> dict:
     state = safe_load(path, f"the checkpoint {path}")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a checkpoint of this notebook: it holds a {type(state).__name__}.")
-    state.setdefault("resumed", [])
+    state.setdefault("code", None)
     wrong = [
-        f"{key} (expected {kind.__name__}, found {type(state.get(key)).__name__})"
+        f"{key} (expected {getattr(kind, '__name__', 'dict')}, found {type(state.get(key)).__name__})"
         for key, kind in CHECKPOINT_TYPES.items()
         if not isinstance(state.get(key), kind)
     ]
@@ -156,6 +140,8 @@ def load_checkpoint(path, model=None) -> dict:
         wrong.append("model (not all tensors)")
     if not wrong and (state["epoch"] < 1 or len(state["metrics"]) != state["epoch"]):
         wrong.append(f"epoch {state['epoch']} with {len(state['metrics'])} epochs of metrics")
+    if not wrong and lacking_settings(state["settings"]):
+        wrong.append(f"settings (made by older code: it lacks {', '.join(lacking_settings(state['settings']))})")
     if wrong:
         raise CheckpointError(f"{path} is not a checkpoint of this notebook: wrong {', '.join(wrong)}.")
     if model is not None:
@@ -193,7 +179,7 @@ class FolderInUse(RuntimeError):
     """Another process holds the run folder's lock."""
 
 
-HELD = {}  # folder -> the open lock file: kept open (and locked) for as long as this process lives
+HELD = {}  # folder -> its held filelock: kept (and locked) for as long as this process lives
 
 
 def lock_folder(folder: Path) -> None:
@@ -201,40 +187,28 @@ def lock_folder(folder: Path) -> None:
 
     The operating system releases it when the process ends, however it ends: a killed run leaves
     no stale lock. Taking it again in the same process (a notebook cell run twice) is a no-op.
-    Another process's lock raises `FolderInUse` naming that process.
+    Another process's lock raises `FolderInUse` naming that process (from `folder/.lock.owner`).
     """
     folder = Path(folder).resolve()
-    if folder in HELD and still_there(HELD[folder], folder / ".lock"):
+    if folder in HELD and (folder / ".lock").exists():  # a deleted folder takes its lock with it
         return
     release_folders()  # one run per process: a notebook whose settings changed gives up its old folder
     folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / ".lock", "a+")  # noqa: SIM115 -- held open on purpose, until the process ends
+    lock = filelock.FileLock(folder / ".lock", thread_local=False)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        owner = folder / ".lock.owner"
+        holder = owner.read_text().strip() if owner.exists() else "another process"
         raise FolderInUse(f"{folder} is in use by {holder}: one run at a time writes a folder.") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"process {os.getpid()} ({describe_process(os.getpid())})\n")
-    handle.flush()
-    HELD[folder] = handle
-
-
-def still_there(handle, path: Path) -> bool:
-    """The lock file we hold is still the one at `path` (a deleted folder takes its lock with it)."""
-    try:
-        return os.fstat(handle.fileno()).st_ino == path.stat().st_ino
-    except OSError:
-        return False
+    write_text(folder / ".lock.owner", f"process {os.getpid()} ({describe_process(os.getpid())})\n")
+    HELD[folder] = lock
 
 
 def release_folders() -> None:
     """Give up every lock this process holds (a notebook that changes its results folder)."""
-    for handle in HELD.values():
-        handle.close()
+    for lock in HELD.values():
+        lock.release(force=True)
     HELD.clear()
 
 

@@ -1,8 +1,8 @@
 """Run the notebook headless: the one way `tasks.py run`, the studies, the tests and the benchmark do it.
 
-    python headless.py            # the settings come from the VAE_* environment variables
+    python -m harness.headless    # the settings come from the VAE_* environment variables
 
-The settings are read and checked once (`settings.resolve`, without touching the run's folder): a
+The settings are read and checked once (`harness.settings.resolve`, without touching the run's folder): a
 bad one is refused in one line before a kernel starts. They reach the notebook the way papermill
 passes parameters, as a cell injected after the cell tagged `parameters`, and the kernel's
 environment holds no VAE_* variable, so nothing is read twice. The kernel's settings cell takes the
@@ -19,14 +19,15 @@ import os
 import signal
 import sys
 
+from harness import NOTEBOOK, PREFIX, REPO, STOPS
+
 if __name__ == "__main__":  # a stop while the imports below load (seconds) ends in one line too
 
     def stopped_early(signum, frame):
-        name = {signal.SIGINT: "Ctrl-C"}.get(signum, signal.Signals(signum).name)
-        print(f"stopped ({name}) before the kernel started: nothing was written.", file=sys.stderr)
+        print(f"stopped ({STOPS[signum]}) before the kernel started: nothing was written.", file=sys.stderr)
         os._exit(128 + signum)
 
-    for early in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for early in STOPS:
         signal.signal(early, stopped_early)
 
 import asyncio
@@ -38,14 +39,11 @@ import nbformat
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-import run_files
-import settings as run_settings
-import spec
+from harness import files, settings
+from vae_utils import atomic_path
 
-NOTEBOOK = run_settings.REPO / "Variational_autoencoder.ipynb"
-FAILED_SPEC_RUN = run_settings.RUNS / "failed-spec-run.ipynb"
+FAILED_SPEC_RUN = settings.RUNS / "failed-spec-run.ipynb"
 EXIT_SETTINGS, EXIT_FAILED = 2, 1
-STOPS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
 STOPPED = {"KeyboardInterrupt", "RunStopped"}  # what a cell raises when the kernel is interrupted
 
 
@@ -132,14 +130,14 @@ def section_of(nb, cell_index) -> str:
 
 
 def write_notebook(nb, path: Path):
-    with run_files.atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         nbformat.write(nb, tmp)
 
 
 def parameters_from(environ) -> dict:
     """The settings given as VAE_* variables; paths are meant from where the user stands."""
-    parameters = run_settings.from_environment(environ)
-    for name in spec.PATHS:
+    parameters = settings.from_environment(environ)
+    for name in settings.PATHS:
         if parameters.get(name):
             parameters[name] = str(Path(parameters[name]).expanduser().resolve())
     return parameters
@@ -152,19 +150,20 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
     message when the notebook fails (a refusal of the settings cell included) or is stopped.
     """
     echo = echo or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
-    settings = run_settings.resolve(parameters, environ={}, claim_folder=False, source=source)
-    folder = run_settings.REPO / settings.results_dir
-    spec_run = folder == run_settings.RECORD
+    resolved = settings.resolve(parameters, environ={}, claim_folder=False, source=source)
+    folder = REPO / resolved.results_dir
+    spec_run = folder == settings.RECORD
     given = {k: v for k, v in parameters.items() if k not in ("name", "results_dir")}
-    kernel_env = {k: v for k, v in (os.environ if environ is None else environ).items() if not is_setting(k)}
+    kernel_env = {k: v for k, v in (os.environ if environ is None else environ).items() if not settings.is_variable(k)}
+    kernel_env["JPY_SESSION_NAME"] = str(NOTEBOOK)  # the notebook the kernel runs, as Jupyter names it
     if spec_run:  # the committed notebook keeps its own parameters cell: machine settings go as variables
         output, failed_output = NOTEBOOK, FAILED_SPEC_RUN
-        echo(f"the spec's run: the notebook in place, results in {settings.results_dir}/\n")
-        kernel_env.update({f"VAE_{name.upper()}": str(value) for name, value in given.items()})
+        echo(f"the spec's run: the notebook in place, results in {resolved.results_dir}/\n")
+        kernel_env.update({f"{PREFIX}{name.upper()}": str(value) for name, value in given.items()})
         injected = {}
     else:
         output = failed_output = folder / NOTEBOOK.name
-        echo(f"an experiment ({spec.run_name(settings)}): everything goes to {settings.results_dir}/\n")
+        echo(f"an experiment ({settings.run_name(resolved)}): everything goes to {resolved.results_dir}/\n")
         injected = {**given, "results_dir": str(folder)}
     nb = load_notebook_node(str(NOTEBOOK))  # papermill's reader: every cell has its tags
     for cell in nb.cells:  # a failed run must not show the committed run's outputs below the failure
@@ -179,12 +178,13 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
         record_timing=False,
         coalesce_streams=True,  # a progress bar is saved as its last state
         extra_arguments=["--IPKernelApp.log_level=ERROR"],  # not the kernel's start-up warnings
-        resources={"metadata": {"path": str(run_settings.REPO)}},
+        resources={"metadata": {"path": str(REPO)}},
     )
     try:
         client.execute(env=kernel_env)
     except nbclient.exceptions.CellExecutionError as error:
-        if error.ename == "SettingsError" and section_of(nb, client.cell_index) == "Settings":
+        if error.ename == "RunRefused" or (error.ename == "SettingsError" and client.section == "Settings"):
+            # refused before any work: the folder (and what it holds) is left as it was
             raise RunFailed(f"{error.ename}: {error.evalue}", EXIT_SETTINGS, error.ename) from None
         write_notebook(nb, failed_output)
         if client.signum is not None or error.ename in STOPPED:
@@ -207,20 +207,16 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
     return output
 
 
-def is_setting(key) -> bool:
-    return key.upper().startswith("VAE_")
-
-
 def stopped_message(folder: Path, signum) -> str:
     checkpoint = folder / "checkpoint.pt"
     stop = f"stopped ({STOPS[signum]}): the kernel is shut down"
     if not checkpoint.exists():
         return f"{stop}; no epoch had finished, so there is no checkpoint."
     try:
-        state = run_files.load_checkpoint(checkpoint)
-    except run_files.CheckpointError as error:
+        state = files.load_checkpoint(checkpoint)
+    except files.CheckpointError as error:
         return f"{stop}; {error}"
-    epoch, epochs = state["epoch"], state["settings"].get("epochs", 0)
+    epoch, epochs = state["epoch"], state["settings"]["epochs"]
     if epoch >= epochs:
         return f"{stop}; {checkpoint} keeps all {epoch} epochs: run the same command again to evaluate it."
     return f"{stop}; {checkpoint} keeps epoch {epoch}: run the same command with VAE_RESUME=1 to go on."
@@ -237,7 +233,7 @@ def main():
     try:
         parameters = parameters_from(os.environ)
         print(f"done: {execute(parameters, source='VAE_*')}", flush=True)
-    except spec.SettingsError as error:
+    except settings.SettingsError as error:
         print(f"error: SettingsError: {error}", file=sys.stderr)
         sys.exit(EXIT_SETTINGS)
     except RunFailed as error:

@@ -11,11 +11,18 @@ import statistics
 import sys
 from pathlib import Path
 
-from run_files import UnreadableRun, read_metrics, write_text
-from settings import RECORD, REPO, STUDY_RECORD
-from spec import SETTINGS
-from study_figures import beta_figure, budget_figure, latent_sizes_figure, scheduled, seeds_figure
-from study_plans import BURDA, BURDA_MODEL, PUBLISHED, STUDIES
+from harness import PREFIX, REPO
+from harness.figures import BURDA, beta_figure, budget_figure, latent_sizes_figure, scheduled, seeds_figure
+from harness.files import UnreadableRun, read_metrics, write_text
+from harness.settings import RECORD, SETTINGS, STUDY_RECORD
+from harness.studies import STUDIES
+
+# Published importance-weighted estimates of -log p(x) on binarised MNIST, one stochastic layer.
+PUBLISHED = [
+    ("Burda et al. 2015, table 1 (VAE, k = 1 training)", 86.76, "784-200-200-50, 3,280 passes over the data, k = 5000"),
+    ("Rezende & Mohamed 2015 (DLGM, diagonal Gaussian posterior)", 89.9, "reported as a bound: -log p(x) <= 89.9"),
+]
+BURDA_MODEL = "784-200-200-50 (tanh), 3,280 passes, Adam with a decaying rate, k = 5000"
 
 DOCUMENTS = ["README.md", "docs/studies.md", "docs/settings.md", "docs/performance.md"]
 BENCHMARK = REPO / "benchmarks" / "results.json"
@@ -25,7 +32,7 @@ WALL_TIME = (
 )
 
 
-def seeds_table(runs: dict, minutes=None) -> str:
+def seeds_table(runs: dict, minutes) -> str:
     first = next(iter(runs.values()))
     k, latent = first["evaluation"]["iw_samples"], first["settings"]["latent_dim"]
     rows = [
@@ -69,7 +76,7 @@ def published_table(runs: dict) -> str:
     return "\n".join(lines)
 
 
-def latent_sizes_table(runs: dict, minutes=None) -> str:
+def latent_sizes_table(runs: dict, minutes) -> str:
     lines = [
         "| latent size | test loss | importance-weighted bound (k) | active units "
         "| KL per dimension, largest first (nats) |",
@@ -117,23 +124,22 @@ def timing_line(name) -> str:
     return f"{runs}, {sum(timings.values()) / 60:.0f} minutes of wall time"
 
 
-def beta_table(runs: dict, minutes=None) -> str:
+def beta_table(runs: dict, minutes) -> str:
     lines = [
         "| beta | distortion: test reconstruction | rate: test KL | test loss (beta = 1) "
         "| importance-weighted bound (k) | active units |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
-    for m in sorted(runs.values(), key=lambda m: m["settings"].get("beta", 1.0)):
+    for m in sorted(runs.values(), key=lambda m: m["settings"]["beta"]):
         e = m["evaluation"]
         lines.append(
-            f"| {m['settings'].get('beta', 1.0):g} | {e['test_recon']:.2f} | {e['test_kl']:.2f} | {m['test_loss']:.2f} "
+            f"| {m['settings']['beta']:g} | {e['test_recon']:.2f} | {e['test_kl']:.2f} | {m['test_loss']:.2f} "
             f"| {e['iw_bound']:.2f} ({e['iw_samples']}) | {e['active_units']} of {m['settings']['latent_dim']} |"
         )
     return "\n".join(lines)
 
 
-def objectives_table(runs: dict, minutes=None) -> str:
-    minutes = minutes or {}
+def objectives_table(runs: dict, minutes) -> str:
     lines = [
         "| objective (binarised MNIST, 20 epochs) | -log p(x), k = 5000 | test -ELBO | active units | minutes "
         "| Burda et al. 2016: -log p(x) (active units) |",
@@ -141,11 +147,11 @@ def objectives_table(runs: dict, minutes=None) -> str:
     ]
     for run, m in runs.items():
         s, e = m["settings"], m["evaluation"]
-        objective, k = s.get("objective", "elbo"), s.get("train_samples", 1)
+        objective, k = s["objective"], s["train_samples"]
         label = "ELBO" if objective == "elbo" else f"IWAE, k = {k}"
-        if s.get("kl_warmup"):
+        if s["kl_warmup"]:
             label += f", KL warm-up over {s['kl_warmup']} epochs"
-        published = BURDA.get((objective, k)) if not s.get("kl_warmup") else None
+        published = BURDA.get((objective, k)) if not s["kl_warmup"] else None
         lines.append(
             f"| {label} | {-e['iw_bound']:.2f} ± {e['iw_bound_se']:.2f} | {m['test_loss']:.2f} "
             f"| {e['active_units']} of {s['latent_dim']} | {minutes.get(run, 0) / 60:.0f} "
@@ -156,8 +162,7 @@ def objectives_table(runs: dict, minutes=None) -> str:
     return "\n".join(lines)
 
 
-def budget_table(runs: dict, minutes=None) -> str:
-    minutes = minutes or {}
+def budget_table(runs: dict, minutes) -> str:
     lines = [
         "| passes over the data | -log p(x), k = 5000 | test -ELBO | train -ELBO (last epoch) "
         "| active units | minutes |",
@@ -177,7 +182,7 @@ def budget_table(runs: dict, minutes=None) -> str:
 
 SUMMARIES = {  # study -> (table, figure file and function)
     "seeds": (seeds_table, "test_loss_by_seed.png", seeds_figure),
-    "likelihoods": (lambda runs, minutes=None: likelihoods_table(runs) + "\n\n" + published_table(runs), None, None),
+    "likelihoods": (lambda runs, minutes: likelihoods_table(runs) + "\n\n" + published_table(runs), None, None),
     "latent_sizes": (latent_sizes_table, "latent_size.png", latent_sizes_figure),
     "beta": (beta_table, "rate_distortion.png", beta_figure),
     "objectives": (objectives_table, None, None),
@@ -218,7 +223,7 @@ def settings_table() -> str:
     lines = ["| setting | default | what it does | accepts |", "|---|---|---|---|"]
     for name, setting in SETTINGS.items():
         lines.append(
-            f"| `{name}` (`VAE_{name.upper()}`) | `{shown(setting.default)}` | {setting.help} | {setting.accepts} |"
+            f"| `{name}` (`{PREFIX}{name.upper()}`) | `{shown(setting.default)}` | {setting.help} | {setting.accepts} |"
         )
     return "\n".join(lines)
 
@@ -251,8 +256,8 @@ def headline(folder=STUDY_RECORD) -> str:
             if (folder / study / run / "metrics.json").exists():
                 m = read_metrics(folder / study / run)
                 s, e = m["settings"], m["evaluation"]
-                how = f"IWAE k = {s['train_samples']}" if s.get("objective") == "iwae" else "the ELBO"
-                how += f" with a {s['kl_warmup']}-epoch KL warm-up" if s.get("kl_warmup") else ""
+                how = f"IWAE k = {s['train_samples']}" if s["objective"] == "iwae" else "the ELBO"
+                how += f" with a {s['kl_warmup']}-epoch KL warm-up" if s["kl_warmup"] else ""
                 how += " on Burda et al.'s rate schedule" if scheduled(m) else ""
                 found.append((-e["iw_bound"], e["iw_bound_se"], f"{how}, {s['epochs']} epochs"))
     if not found:

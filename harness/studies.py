@@ -1,4 +1,4 @@
-"""Studies: the notebook run once per configuration of `study_plans.STUDIES`, continued where it stopped.
+"""Studies: the notebook run once per configuration of `STUDIES`, continued where it stopped.
 
     python3 tasks.py study NAME              # run (or finish) a study, then rebuild its summary
     python3 tasks.py study NAME --summary    # rebuild the summary from the runs' metrics.json only
@@ -18,13 +18,39 @@ import sys
 import time
 from pathlib import Path
 
-import headless
-import run_files
-import summaries
-from settings import RECORD, STUDY_RECORD, from_environment, shown
-from spec import SPEC, SettingsError, differences
-from study_plans import STUDIES
+from harness import STOPS, files, headless
+from harness.settings import (
+    RECORD,
+    SPEC,
+    STUDY_RECORD,
+    SettingsError,
+    differences,
+    from_environment,
+    is_variable,
+    shown,
+)
 
+BINARIZED = {"likelihood": "binarized", "iw_samples": 5000}  # the literature's setting and estimate
+STUDIES = {  # each study: its runs, each run the settings it changes from the spec
+    "seeds": {f"seed{seed}": {"seed": seed} for seed in range(5)},
+    "likelihoods": {
+        "bernoulli": {"likelihood": "bernoulli"},
+        "continuous_bernoulli": {"likelihood": "continuous_bernoulli"},
+        "binarized": BINARIZED,
+    },
+    "latent_sizes": {f"latent{size}": {"latent_dim": size} for size in (2, 5, 10, 20, 50)},
+    "beta": {f"beta{beta:g}": {"beta": beta} for beta in (0.5, 1.0, 2.0, 4.0)},
+    "objectives": {
+        "elbo": BINARIZED,
+        "elbo_warmup": {**BINARIZED, "kl_warmup": 10},
+        "iwae5": {**BINARIZED, "objective": "iwae", "train_samples": 5},
+        "iwae50": {**BINARIZED, "objective": "iwae", "train_samples": 50},
+    },
+    "budget": {
+        **{f"epochs{n}": {**BINARIZED, "epochs": n} for n in (20, 60, 180, 540)},
+        "epochs540_burda": {**BINARIZED, "epochs": 540, "lr_schedule": "burda"},  # Burda et al.'s rate schedule
+    },
+}
 MACHINE_SETTINGS = ("data_dir", "device", "deterministic")  # passed through from the environment
 
 
@@ -43,12 +69,12 @@ class StudyStopped(KeyboardInterrupt):
 def is_complete(folder: Path, overrides: dict) -> bool:
     """metrics.json is there, of a finished run, made with these settings."""
     try:
-        metrics = run_files.read_metrics(folder)
-    except run_files.UnreadableRun:
+        metrics = files.read_metrics(folder)
+    except files.UnreadableRun:
         return False
-    settings, trained = metrics["settings"], len(metrics.get("epochs", []))
-    finished = metrics.get("finished", trained == settings.get("epochs")) and "evaluation" in metrics
-    return bool(finished) and not differences(settings, {**SPEC, **overrides})
+    return (
+        metrics["finished"] and "evaluation" in metrics and not differences(metrics["settings"], {**SPEC, **overrides})
+    )
 
 
 def run_study(name, runs=None, root=None, environ=None, echo=None) -> Path:
@@ -56,10 +82,12 @@ def run_study(name, runs=None, root=None, environ=None, echo=None) -> Path:
     runs = STUDIES[name] if runs is None else runs
     echo = echo or (lambda line: print(line, flush=True))
     root = Path(root or STUDY_RECORD / name)
+    from harness import tables
+
     environ = os.environ if environ is None else environ
     machine = {k: v for k, v in from_environment(environ).items() if k in MACHINE_SETTINGS}
-    kernel_env = {k: v for k, v in environ.items() if not headless.is_setting(k)}
-    timings = summaries.load_timings(root)
+    kernel_env = {k: v for k, v in environ.items() if not is_variable(k)}
+    timings = tables.load_timings(root)
     for number, (run, overrides) in enumerate(runs.items(), start=1):
         folder = root / run
         label = f"[{number}/{len(runs)}] {name}/{run}"
@@ -70,8 +98,8 @@ def run_study(name, runs=None, root=None, environ=None, echo=None) -> Path:
         same = same_run_elsewhere(overrides, root)
         if same is not None:
             copy_run(same, folder)
-            timings[run] = summaries.load_timings(same.parent).get(same.name, 0.0)
-            run_files.write_json(root / "timings.json", timings)
+            timings[run] = tables.load_timings(same.parent).get(same.name, 0.0)
+            files.write_json(root / "timings.json", timings)
             echo(f"{label}: the same settings as {shown(same)}, copied from there")
             continue
         shorter = shorter_run(runs, overrides, root)
@@ -88,7 +116,7 @@ def run_study(name, runs=None, root=None, environ=None, echo=None) -> Path:
             headless.execute(parameters, environ=kernel_env, echo=epoch_lines, source=f"study {name}")
         except headless.RunFailed as error:
             if error.code > 128:
-                stop = headless.STOPS[error.code - 128]
+                stop = STOPS[error.code - 128]
                 raise StudyStopped(
                     f"stopped ({stop}) during {name}/{run}, which starts again next time", error.code
                 ) from None
@@ -97,8 +125,8 @@ def run_study(name, runs=None, root=None, environ=None, echo=None) -> Path:
             raise StudyFailed(f"study {name}: run {run} refused: {error}") from None
         seconds = time.perf_counter() - started
         timings[run] = round(seconds + (timings.get(shorter.name, 0) if shorter else 0), 1)
-        run_files.write_json(root / "timings.json", timings)
-        echo(f"{label}: finished in {seconds:.0f} s, test loss {run_files.read_metrics(folder)['test_loss']:.2f}")
+        files.write_json(root / "timings.json", timings)
+        echo(f"{label}: finished in {seconds:.0f} s, test loss {files.read_metrics(folder)['test_loss']:.2f}")
     return root
 
 
@@ -123,12 +151,12 @@ def shorter_run(runs: dict, overrides: dict, root: Path):
     def without_epochs(settings):
         return {k: v for k, v in settings.items() if k != "epochs"}
 
-    epochs = overrides.get("epochs", SPEC["epochs"])
+    epochs = {**SPEC, **overrides}["epochs"]
     candidates = [
-        (other.get("epochs", SPEC["epochs"]), root / run)
+        ({**SPEC, **other}["epochs"], root / run)
         for run, other in runs.items()
         if without_epochs(other) == without_epochs(overrides)
-        and other.get("epochs", SPEC["epochs"]) < epochs
+        and {**SPEC, **other}["epochs"] < epochs
         and (root / run / "checkpoint.pt").exists()
         and is_complete(root / run, other)
     ]
@@ -146,18 +174,20 @@ USAGE = f"usage: python3 tasks.py study {{{','.join(STUDIES)}}} [--summary]"
 
 
 def main(argv):
-    for signum in headless.STOPS:  # between runs too, a stop ends the study in one line
+    for signum in STOPS:  # between runs too, a stop ends the study in one line
         signal.signal(signum, headless.raise_stopped)
     if not argv or argv[0] not in STUDIES:
         sys.exit(f"error: {'no study named ' + repr(argv[0]) if argv else 'which study?'}. {USAGE}")
+    from harness import tables
+
     name, options = argv[0], argv[1:]
     if options not in ([], ["--summary"]):
         sys.exit(f"error: unknown argument {next(o for o in options if o != '--summary')!r}. {USAGE}")
     try:
         if not options:
             run_study(name)
-        print(summaries.summarize(name))
-    except (StudyFailed, SettingsError, run_files.UnreadableRun) as error:
+        print(tables.summarize(name))
+    except (StudyFailed, SettingsError, files.UnreadableRun) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt as error:
         headless.say(f"{error}; the finished runs of study {name} are kept: run the same command to go on.")

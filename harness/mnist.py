@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-from run_files import atomic_path
-from vae_utils import IMAGE_SIZE
+from vae_utils import IMAGE_SIZE, atomic_path
 
 MNIST_MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",

@@ -1,11 +1,13 @@
 """A run's training state and its record, kept consistent however the notebook's cells are run.
 
 `TrainingRun.start` begins a run, from scratch, from the folder's checkpoint (a finished run, or
-`resume`), or from given weights, and says which. `record_epoch` scores nothing itself: it takes
-an epoch's losses, refuses a non-finite one, and saves the checkpoint. `stop_safely` wraps the
-training loop: a stop (the kernel interrupt, Ctrl-C) or a failure puts the model, the optimiser
-and the generator back at the end of the last complete epoch, so that running the cell again
-goes on exactly as an uninterrupted run would. `record` writes metrics.json and vae.pt together.
+`resume`), or from given weights, and says which; a run is its settings and its code
+(`fingerprint.code_of`), and a checkpoint or record of other code is never continued or reloaded.
+`record_epoch` scores nothing itself: it takes an epoch's losses, refuses a non-finite one, and
+saves the checkpoint. `stop_safely` wraps the training loop: a stop (the kernel interrupt, Ctrl-C)
+or a failure puts the model, the optimiser and the generator back at the end of the last complete
+epoch, so that running the cell again goes on exactly as an uninterrupted run would. `record`
+writes metrics.json and vae.pt together.
 """
 
 import contextlib
@@ -17,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-import run_files
-from settings import REPO, inside
-from spec import SPEC
+from harness import REPO, files, fingerprint
+from harness.settings import RECORD, inside
 
 IGNORED_ON_RESUME = {"resume", "results_dir", "name"}
+fingerprint.watch_kernel()  # imported by the notebook's first cell: from then on the kernel notes each cell's code
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -40,6 +42,13 @@ class NonFiniteLossError(FloatingPointError):
         )
 
 
+class RunRefused(RuntimeError):
+    """The run cannot go on as the cells stand; the message says why and what to do. One line in Jupyter."""
+
+    def _render_traceback_(self):
+        return [f"RunRefused: {self}"]
+
+
 class RunStopped(KeyboardInterrupt):
     """Training was stopped; the model is back at the last complete epoch. Shown as its one line."""
 
@@ -54,17 +63,23 @@ class TrainingRun:
         self.checkpoint = self.folder / "checkpoint.pt"
         self.history, self.resumed, self.epoch = [], [], 0
         self.trains = not settings.weights
+        self.code = fingerprint.code_of()
         self.snapshot = self.state()
 
     @classmethod
     def start(cls, settings, model, optimizer, generator) -> "TrainingRun":
         """A new run, the folder's run continued, or given weights; prints which."""
         run = cls(settings, model, optimizer, generator)
+        run.check(model, optimizer)
+        state = files.load_checkpoint(run.checkpoint, model) if run.checkpoint.exists() else None
+        previous = files.read_metrics(run.folder, missing_ok=True)
         if settings.weights:
-            run_files.load_weights(settings.weights, model)
-            print(f"no training: evaluating the weights in {settings.weights}")
-        elif run.checkpoint.exists():  # settings.check_folder allowed it: finished, or resume
-            state = run_files.load_checkpoint(run.checkpoint, model)
+            files.load_weights(settings.weights, model)
+            run.weights_from = weights_code(settings.weights, run.code)
+            print(f"no training: evaluating the weights in {settings.weights} ({run.weights_from['said']})")
+        elif run.made_by_other_code(state or previous):
+            print(f"training from scratch: {settings.epochs} epochs; {run.why_afresh}")
+        elif state is not None:  # settings.check_folder allowed it: finished, or resume
             run.restore(state)
             if run.epoch < settings.epochs:
                 changed = resume_changes(state["settings"], settings)
@@ -72,12 +87,41 @@ class TrainingRun:
                 print(f"resuming after epoch {run.epoch} from {run.checkpoint}")
             else:
                 print(f"the run in {settings.results_dir} is trained ({run.epoch} epochs): its checkpoint is loaded")
+            for row in run.history:  # the notebook reads as the run it loaded
+                print(epoch_line(row))
         else:
             if settings.resume:
                 print(f"resume is set but there is no {run.checkpoint}: starting from scratch")
             print(f"training from scratch: {settings.epochs} epochs, results in {settings.results_dir}/")
         run.snapshot = run.state()
         return run
+
+    def made_by_other_code(self, saved) -> bool:
+        """True when the folder holds a run of other code and the spec's run trains afresh over it.
+
+        In results/ (the record of the current code) the spec's run starts afresh; any other folder
+        is kept as it is and the run refused. False when the folder holds nothing, or this code's run.
+        """
+        changed = fingerprint.changes(saved["code"], self.code) if saved else []
+        if not changed:
+            return False
+        what = f"{self.settings.results_dir}/ holds a run of other code (changed: {'; '.join(changed)})"
+        if self.folder == RECORD and not self.settings.resume:
+            self.why_afresh = f"{what}, and results/ is the record of the current code"
+            return True
+        raise RunRefused(
+            f"{what}: it is kept. Give this run another folder (name = '...', headless VAE_NAME=...), "
+            f"or delete {self.settings.results_dir}/ to train this code there."
+        )
+
+    def check(self, model, optimizer):
+        """Refuse a model and optimiser that are not this run's (a cell run again alone), before any training."""
+        params = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if model is not self.model or optimizer is not self.optimizer or params != {id(p) for p in model.parameters()}:
+            raise RunRefused(
+                "the model and the optimiser are not the run's (a cell above was run again alone): "
+                "run the cells again from the model's cell on (or Run All)."
+            )
 
     def state(self) -> dict:
         """Everything needed to go on: weights, optimiser, epoch, metrics, settings, generator (copies)."""
@@ -89,6 +133,7 @@ class TrainingRun:
             "settings": vars(self.settings),
             "rng": self.generator.get_state(),
             "resumed": self.resumed,
+            "code": self.code,
         }
         return copy.deepcopy(state)
 
@@ -99,8 +144,12 @@ class TrainingRun:
         self.generator.set_state(state["rng"])
         self.history, self.epoch, self.resumed = state["metrics"], state["epoch"], state["resumed"]
 
-    def epochs_to_train(self) -> range:
-        """The epochs left, numbered on from the last complete one (none when the run is finished)."""
+    def epochs_to_train(self, model, optimizer) -> range:
+        """The epochs left, numbered on from the last complete one (none when the run is finished).
+
+        `model` and `optimizer` are the ones the training cell uses: they must be this run's.
+        """
+        self.check(model, optimizer)
         return range(self.epoch + 1, self.settings.epochs + 1) if self.trains else range(0)
 
     @contextlib.contextmanager
@@ -131,17 +180,22 @@ class TrainingRun:
         row = dict(epoch=epoch, train_loss=train_loss, test_loss=test_loss, test_recon=test_recon,
                    test_kl=test_kl, seconds=round(seconds, 3))  # fmt: skip
         state = {**self.state(), "epoch": epoch, "metrics": [*self.history, row]}
-        run_files.save_checkpoint(self.checkpoint, state)  # then the run is at this epoch, not before
+        files.save_checkpoint(self.checkpoint, state)  # then the run is at this epoch, not before
         self.history, self.epoch, self.snapshot = list(state["metrics"]), epoch, state
-        terms = f"{test_recon:6.2f} recon + {test_kl:5.2f} KL"
-        return f"epoch {epoch:2d}  train {train_loss:7.2f}  test {test_loss:7.2f} = {terms}"
+        return epoch_line(row)
 
-    def record(self, evaluation: dict, device) -> dict:
-        """metrics.json (settings, provenance, history, evaluation, figures) and, when trained, vae.pt."""
+    def record(self, evaluation: dict, device, model) -> dict:
+        """metrics.json (settings, code, provenance, history, evaluation, figures) and, when trained, vae.pt.
+
+        `model` is the one the evaluation used: it must be this run's.
+        """
+        self.check(model, self.optimizer)
         if self.trains:
-            run_files.save_weights(self.folder / "vae.pt", self.model)
+            files.save_weights(self.folder / "vae.pt", self.model)
         metrics = {
             "settings": vars(self.settings),
+            "code": fingerprint.code_of(),
+            **({"weights_from": self.weights_from} if self.settings.weights else {}),
             "provenance": provenance(device, self.folder),
             "finished": self.epoch == self.settings.epochs or not self.trains,
             "epochs": self.history,
@@ -150,8 +204,24 @@ class TrainingRun:
             "evaluation": evaluation,
             "figures": sorted(path.name for path in self.folder.glob("*.png")),
         }
-        run_files.write_json(self.folder / "metrics.json", metrics)
+        files.write_json(self.folder / "metrics.json", metrics)
         return metrics
+
+
+def epoch_line(row) -> str:
+    terms = f"{row['test_recon']:6.2f} recon + {row['test_kl']:5.2f} KL"
+    return f"epoch {row['epoch']:2d}  train {row['train_loss']:7.2f}  test {row['test_loss']:7.2f} = {terms}"
+
+
+def weights_code(path, code) -> dict:
+    """Which code made the weights in `path`, from the metrics.json beside them, for the record."""
+    try:
+        saved = files.read_metrics(Path(REPO / path).parent).get("code")
+    except files.UnreadableRun:
+        return {"code": None, "said": "their code is unknown: no metrics.json of a run beside them"}
+    changed = fingerprint.changes(saved, code)
+    said = f"made by other code: {'; '.join(changed)} changed" if changed else "made by this code"
+    return {"code": saved, "said": said}
 
 
 def first_nonfinite(step_losses) -> int | None:
@@ -163,9 +233,9 @@ def first_nonfinite(step_losses) -> int | None:
 def resume_changes(saved: dict, settings) -> dict:
     """Settings that differ from the checkpoint's and are allowed to: recorded in metrics.json."""
     return {
-        name: [saved.get(name, SPEC.get(name)), value]
+        name: [saved[name], value]
         for name, value in vars(settings).items()
-        if name not in IGNORED_ON_RESUME and saved.get(name, SPEC.get(name)) != value
+        if name not in IGNORED_ON_RESUME and saved[name] != value
     }
 
 

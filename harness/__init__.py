@@ -1,0 +1,22 @@
+"""The machinery of this repo: it runs, records, guards and tabulates runs of the notebook.
+
+The method is the notebook and `vae_utils.py`; nothing here changes a number a run reports. One
+concern a module: `settings` (every setting, checked once; where a run writes), `files` (safe writes,
+metrics.json, checkpoints, the folder lock), `fingerprint` (the code a run's numbers depend on),
+`run` (a run's state and record in the notebook), `mnist` (the verified data), `headless` (the
+notebook run without Jupyter), `studies` (sets of runs), `tables` and `figures` (from metrics.json).
+
+This file imports nothing heavy: `tasks.py` reads it before the virtual environment exists.
+"""
+
+import signal
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO / "Variational_autoencoder.ipynb"
+PREFIX = "VAE_"  # a setting NAME is the environment variable VAE_NAME
+STOPS = {  # the signals that stop a run, and how a message names them (no SIGHUP on Windows)
+    getattr(signal, name): shown
+    for name, shown in (("SIGINT", "Ctrl-C"), ("SIGTERM", "SIGTERM"), ("SIGHUP", "SIGHUP"))
+    if hasattr(signal, name)
+}

@@ -1,0 +1,127 @@
+"""The code a run's numbers depend on: a fingerprint, and an account of its parts a person can read.
+
+The parts are each section of the notebook that holds code (its code cells, less the parameters
+cell: the settings are recorded on their own), `vae_utils.py`, and the data loader `harness/mnist.py`.
+Only code counts: comments, docstrings, blank lines, the notebook's prose and outputs change nothing.
+In a kernel, a cell counts as the kernel last ran it (Jupyter sends each cell's id with its code),
+so an edit that was run but not saved counts, and a cell the notebook file does not hold counts too.
+"""
+
+import ast
+import hashlib
+import io
+import json
+import os
+import re
+import tokenize
+from pathlib import Path
+
+from harness import NOTEBOOK, REPO
+
+FILES = ("vae_utils.py", "harness/mnist.py")
+RAN = {}  # cell id -> the code this kernel last ran for it, in the order first run
+
+
+def remember(info):
+    """IPython's `pre_run_cell` event: note the code of the cell about to run."""
+    if getattr(info, "cell_id", None):
+        RAN[info.cell_id] = info.raw_cell
+
+
+def watch_kernel():
+    """In an IPython kernel, note every cell's code from now on (imported with the notebook's first cell)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and remember not in shell.events.callbacks["pre_run_cell"]:
+        shell.events.register("pre_run_cell", remember)
+
+
+def digest(code: str) -> str:
+    """The code's tokens, hashed: without comments, docstrings and layout (and alike on every Python)."""
+    try:
+        tokens = [t for t in tokenize.generate_tokens(io.StringIO(code).readline) if t.type not in SKIPPED]
+    except (tokenize.TokenError, SyntaxError):  # not Python (a magic): the text itself
+        return hashlib.sha256(code.strip().encode()).hexdigest()[:12]
+    words, fstring, depth, docstring = [], [], 0, False
+    for i, t in enumerate(tokens):
+        if docstring:  # the end of the docstring's line
+            docstring = False
+            continue
+        depth += t.type == FSTRING_START
+        if depth:  # Python 3.12 splits an f-string into tokens: join them as 3.11 keeps it
+            fstring.append(t.string)
+            depth -= t.type == FSTRING_END
+            if not depth:
+                words.append("".join(fstring).replace(" ", ""))
+                fstring = []
+            continue
+        before = tokens[i - 1].type if i else tokenize.NEWLINE
+        after = tokens[i + 1].type if i + 1 < len(tokens) else tokenize.NEWLINE
+        if t.type == tokenize.STRING and before in LAYOUT and after == tokenize.NEWLINE:
+            docstring = True  # a docstring, or a string alone as a statement: it does nothing
+            continue
+        if t.type in LAYOUT:
+            words.append(tokenize.tok_name[t.type])
+        elif t.type == tokenize.STRING and "f" in re.match(r"[A-Za-z]*", t.string).group().lower():
+            words.append(t.string.replace(" ", ""))
+        else:
+            words.append(t.string)
+    return hashlib.sha256("\0".join(words).encode()).hexdigest()[:12]
+
+
+SKIPPED = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
+LAYOUT = {tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT}
+FSTRING_START, FSTRING_END = getattr(tokenize, "FSTRING_START", -1), getattr(tokenize, "FSTRING_END", -1)
+
+
+def is_parameters(code: str) -> bool:
+    """The parameters cell (or papermill's injected one): only assignments of settings."""
+    from harness.settings import SETTINGS
+
+    try:
+        body = ast.parse(code).body
+    except SyntaxError:
+        return False
+    return all(isinstance(s, ast.Assign) and getattr(s.targets[0], "id", None) in SETTINGS for s in body)
+
+
+def notebook_in_use() -> Path:
+    """The notebook this kernel runs: Jupyter names it in JPY_SESSION_NAME (headless runs too)."""
+    named = os.environ.get("JPY_SESSION_NAME", "")
+    return Path(named) if named.endswith(".ipynb") and Path(named).is_file() else NOTEBOOK
+
+
+def code_of(notebook=None, root=REPO) -> dict:
+    """The run's code: `{"fingerprint": ..., "parts": {part: digest}}`; the files are read under `root`."""
+    cells, section, known = json.loads(Path(notebook or notebook_in_use()).read_text())["cells"], "start", set()
+    sections = {}
+    for cell in cells:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "markdown" and source.startswith("#"):
+            section = source.splitlines()[0].lstrip("# ").strip()
+        if cell["cell_type"] == "code":
+            known.add(cell.get("id"))
+            sections.setdefault(f"the notebook's {section!r}", []).append(RAN.get(cell.get("id"), source))
+    extra = [code for cell_id, code in RAN.items() if cell_id not in known]
+    if extra:
+        sections["cells run that the notebook file does not hold"] = extra
+    parts = {
+        part: digest("\0".join(digest(code) for code in codes if not is_parameters(code)))
+        for part, codes in sections.items()
+    }
+    parts.update({name: digest((Path(root) / name).read_text()) for name in FILES})
+    fingerprint = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return {"fingerprint": fingerprint, "parts": parts}
+
+
+def changes(saved, current) -> list:
+    """The parts of the code that differ between a saved run's code and `current`."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("parts"), dict):
+        return ["all of it (the run was made before runs recorded their code)"]
+    if saved.get("fingerprint") == current["fingerprint"]:
+        return []
+    names = list(current["parts"]) + [p for p in saved["parts"] if p not in current["parts"]]
+    return [p for p in names if saved["parts"].get(p) != current["parts"].get(p)]

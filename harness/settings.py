@@ -1,0 +1,370 @@
+"""A run's settings: the one table of them, the one pass that reads and checks them, where a run writes.
+
+`SETTINGS` gives each setting its default (the spec's value), what it accepts (as data: the check
+and its words both come from it) and what it does. `resolve` reads the notebook's parameters cell,
+then the `VAE_<NAME>` environment variables (which win), checks every value and their combination,
+and chooses and claims the run's folder; anything wrong is a `SettingsError` of one line, before any
+work. `is_spec_run`, `run_name` and `differences` compare settings with the spec's or a saved run's.
+"""
+
+import hashlib
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from harness import PREFIX, REPO, files
+from vae_utils import LIKELIHOODS, LR_SCHEDULES, OBJECTIVES
+
+RECORD = REPO / "results"  # the committed record of the spec run
+STUDY_RECORD = RECORD / "studies"  # the committed studies: results/studies/NAME/RUN/
+RUNS = REPO / "runs"  # every other run inside the repository, one folder each (ignored by git)
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names it and what it accepts."""
+
+    def _render_traceback_(self):  # Jupyter shows the one line, not settings.py's source
+        return [f"SettingsError: {self}"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    default: object
+    help: str  # what it does
+    low: float | None = None  # numbers: the smallest accepted
+    high: float | None = None  # numbers: the largest accepted
+    choices: tuple = ()
+    pattern: str | None = None  # text: a regular expression the whole value matches
+    words: str = ""  # what it accepts, where the fields above do not say it
+    note: str = ""  # said after what it accepts
+    numbers: bool = True  # another value changes the recorded numbers: an experiment, not the spec's run
+
+    @property
+    def accepts(self) -> str:
+        if self.words:
+            text = self.words
+        elif self.choices:
+            text = " or ".join(self.choices) if len(self.choices) == 2 else "one of " + ", ".join(self.choices)
+        elif isinstance(self.default, bool):
+            text = "True or False (1/0, yes/no in the environment)"
+        elif isinstance(self.default, float):
+            text = f"a number > {self.low:g} and <= {self.high:g}"
+        else:
+            high = "2**63 - 1" if self.high == 2**63 - 1 else self.high
+            text = f"a whole number from {self.low} to {high}" if self.high else f"a whole number >= {self.low}"
+        return f"{text} {self.note}" if self.note else text
+
+    def check(self, value) -> bool:
+        if type(value) is not type(self.default):
+            return False
+        if isinstance(value, float):
+            return math.isfinite(value) and self.low < value <= self.high
+        if isinstance(value, int) and not isinstance(value, bool):
+            return self.low <= value and (self.high is None or value <= self.high)
+        if self.choices:
+            return value in self.choices
+        return self.pattern is None or re.fullmatch(self.pattern, value) is not None
+
+
+# fmt: off
+SETTINGS = {
+    "seed": Setting(0, "seeds the initial weights and the training generator", 0, 2**63 - 1),
+    "epochs": Setting(20, "epochs of training (with resume: the total)", 1),
+    "batch_size": Setting(128, "mini-batch size", 1),
+    "lr": Setting(1e-3, "Adam learning rate", 0, 0.01, note="(0.03 and more diverge within the first batches)"),
+    "lr_schedule": Setting("constant", "`constant` (the spec) or `burda`: `lr` divided by 10^(1/7) after 1, 3, 9, "
+                           "27, ... epochs (Burda et al. 2016)", choices=LR_SCHEDULES),
+    "latent_dim": Setting(20, "size of z", 2, 784, note="(the figures need two dimensions)"),
+    "likelihood": Setting("bernoulli", "`bernoulli` (the spec), `continuous_bernoulli`, `binarized`",
+                          choices=LIKELIHOODS),
+    "objective": Setting("elbo", "`elbo` (the spec) or `iwae`, the importance-weighted bound of `train_samples` draws",
+                         choices=OBJECTIVES),
+    "train_samples": Setting(1, "k of the `iwae` objective; 1 with `elbo`", 1, 5000, note="(with objective iwae)"),
+    "beta": Setting(1.0, "weight of the KL term while training (beta-VAE); the test loss is always the ELBO", 0, 100),
+    "kl_warmup": Setting(0, "epochs over which the KL weight rises linearly from 0 to `beta`", 0,
+                         words="a whole number of epochs from 0 to epochs"),
+    "iw_samples": Setting(50, "k of the importance-weighted bound; `5000` is the paper's (minutes on a CPU)",
+                          1, 10_000),
+    "train_size": Setting(60_000, "train on the first N images", 1, 60_000, note="(the MNIST training set)"),
+    "test_size": Setting(10_000, "evaluate on the first N test images", 6, 10_000,
+                         note="(the figures use 6 test digits)"),
+    "weights": Setting("", "skip training: evaluate and draw from these weights",
+                       words="the path of a weights file written by a run (vae.pt), or nothing"),
+    "device": Setting("auto", "`auto` picks CUDA, then MPS, then the CPU", pattern=r"auto|cpu|mps|cuda(:[0-9]{1,3})?",
+                      words="auto, cpu, mps, cuda or cuda:N (N from 0 to 999)", numbers=False),
+    "deterministic": Setting(False, "`torch.use_deterministic_algorithms` (GPUs; CPU runs are already)",
+                             numbers=False),
+    "name": Setting("", "the run's folder under `runs/` (default: made from the settings)",
+                    pattern=r"|(?!\.+$)[\w.=,-]{1,100}",
+                    words="a folder name of at most 100 letters, digits and . _ = , -",
+                    numbers=False),
+    "results_dir": Setting("", "where the run writes (instead of `runs/<name>/`)",
+                           words="a folder under runs/ or outside the repository", numbers=False),
+    "data_dir": Setting("data", "where `MNIST/raw` lives", pattern=r".+",
+                        words="a folder that holds, or can hold, MNIST/raw", numbers=False),
+    "resume": Setting(False, "continue the unfinished run in the run's folder from its `checkpoint.pt`", numbers=False),
+}
+# fmt: on
+SPEC = {name: s.default for name, s in SETTINGS.items() if s.numbers}
+RESUME_MAY_CHANGE = {"epochs", "iw_samples"}  # evaluation-only or the length of training
+TRAINING = {"epochs", "batch_size", "lr", "lr_schedule", "objective", "train_samples", "beta", "kl_warmup"}
+PATHS = ("weights", "results_dir", "data_dir")  # relative to the repository in the notebook
+MAX_TRAIN_ROWS = 2**16  # decoder rows per training step (train_samples x batch_size): about 1.5 GB
+
+
+def is_spec_run(settings) -> bool:
+    """True when every setting that changes the recorded numbers has the spec's value."""
+    return not differences(SPEC, settings)
+
+
+def values_of(settings) -> dict:
+    return settings if isinstance(settings, dict) else vars(settings)
+
+
+def differences(saved, current, names=SPEC) -> list:
+    """`name: X there, Y now` for each setting of `names` that differs (saved records hold every setting)."""
+    saved, current = values_of(saved), values_of(current)
+    return [f"{n}: {saved[n]!r} there, {current[n]!r} now" for n in names if saved[n] != current[n]]
+
+
+def run_name(settings) -> str:
+    """A folder name made from the settings that differ from the spec, e.g. `epochs=2,lr=0.01`."""
+    values = values_of(settings)
+    parts = [f"{n}={Path(values[n]).name if n == 'weights' else values[n]}" for n in SPEC if values[n] != SPEC[n]]
+    name = ",".join(parts) or "spec"
+    if len(name) > 100:  # file systems allow 255 bytes: a long weights name or many settings
+        name = f"{name[:80]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
+
+
+# ---- reading ---------------------------------------------------------------------------------
+def is_variable(key) -> bool:
+    """A VAE_* environment variable, in any case: each is a setting or refused."""
+    return key.upper().startswith(PREFIX)
+
+
+def from_text(name, text, source):
+    """The value of setting `name` written as text (an environment variable)."""
+    kind = type(SETTINGS[name].default)
+    try:
+        if kind is bool:
+            if text.strip().lower() not in {"1", "true", "yes", "on", "0", "false", "no", "off", ""}:
+                raise ValueError
+            return text.strip().lower() in {"1", "true", "yes", "on"}
+        return int(text.replace("_", "")) if kind is int else float(text) if kind is float else text
+    except ValueError:
+        raise SettingsError(f"{source}={text!r} is not valid: {name} takes {SETTINGS[name].accepts}.") from None
+
+
+def from_environment(environ) -> dict:
+    """Settings from `VAE_<NAME>` variables. A variable that looks like a setting and is none is refused."""
+    values = {}
+    for key, text in environ.items():
+        if not is_variable(key):
+            continue
+        name = key[len(PREFIX) :].lower()
+        if name not in SETTINGS:
+            known = ", ".join(f"{PREFIX}{n.upper()}" for n in SETTINGS)
+            raise SettingsError(f"{key} is not a setting. The settings are: {known}.")
+        if key != f"{PREFIX}{name.upper()}":
+            raise SettingsError(
+                f"{key} is not a setting: environment variables are upper case, {PREFIX}{name.upper()}."
+            )
+        values[name] = from_text(name, text, key)
+    return values
+
+
+def typed(name, value):
+    """A value from the parameters cell, as its setting's type (2 for a float, 1 for True, a device)."""
+    kind = type(SETTINGS[name].default)
+    if kind is float and type(value) is int:
+        return float(value)
+    if kind is bool and type(value) is int and value in (0, 1):
+        return bool(value)
+    return str(value) if isinstance(value, os.PathLike | torch.device) else value
+
+
+# ---- checking --------------------------------------------------------------------------------
+def check_combination(s):
+    if s.weights:
+        if not (REPO / s.weights).is_file():
+            raise SettingsError(f"weights={s.weights}: no such file. Give the path of a vae.pt.")
+        if s.resume:
+            raise SettingsError("weights evaluates given weights without training; set resume to False.")
+        trained = sorted(n for n in TRAINING if getattr(s, n) != SPEC[n])
+        if trained:
+            raise SettingsError(f"weights skips training, so {', '.join(trained)} would change nothing; leave them.")
+    if s.objective == "elbo" and s.train_samples != 1:
+        raise SettingsError(f"train_samples={s.train_samples} is the k of the iwae objective; with elbo it must be 1.")
+    if s.objective == "iwae" and (s.beta != 1 or s.kl_warmup):
+        raise SettingsError(
+            "beta and kl_warmup weight the KL term of the elbo objective; iwae has no separate KL term. "
+            "Use them with objective elbo, or leave them at 1 and 0."
+        )
+    if s.train_samples * s.batch_size > MAX_TRAIN_ROWS:
+        raise SettingsError(
+            f"train_samples x batch_size = {s.train_samples * s.batch_size:,} decoder rows per step; "
+            f"at most {MAX_TRAIN_ROWS:,} fit in memory. Lower train_samples or batch_size."
+        )
+    if s.kl_warmup > s.epochs:
+        raise SettingsError(
+            f"kl_warmup={s.kl_warmup} is longer than the run (epochs={s.epochs}): the KL weight would never "
+            "reach beta. Choose kl_warmup from 0 to epochs."
+        )
+    if s.name and s.results_dir:
+        raise SettingsError("set name (a folder under runs/) or results_dir, not both.")
+
+
+def inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def results_folder(settings) -> Path:
+    """Where a run writes: results/ for the spec's run, runs/<name>/ for any other, or results_dir.
+
+    A results_dir inside the repository must be under runs/, or a study's own results/studies/NAME/RUN/
+    with that run's settings; the spec's run may name results/. Anything else is refused.
+    """
+    from harness.studies import STUDIES
+
+    if not settings.results_dir:
+        return RECORD if is_spec_run(settings) and not settings.name else RUNS / (settings.name or run_name(settings))
+    where = (REPO / Path(settings.results_dir).expanduser()).resolve()
+    too_long = [part for part in where.parts if len(part.encode()) > 255]
+    if too_long:
+        raise SettingsError(f"results_dir: the folder name {too_long[0][:40]}... is longer than 255 bytes.")
+    if not inside(where, REPO):
+        return where
+    study = where.relative_to(STUDY_RECORD).parts if inside(where, STUDY_RECORD) else ()
+    planned = STUDIES.get(study[0], {}).get(study[1]) if len(study) == 2 else None
+    if planned is not None and not differences({**SPEC, **planned}, settings):
+        return where  # a study's run, with its own settings, into its own folder
+    if (where == RECORD and is_spec_run(settings)) or (inside(where, RUNS) and where != RUNS):
+        return where
+    raise SettingsError(
+        f"results_dir={settings.results_dir}: inside the repository a run writes only under runs/ "
+        f"({'results/ is the record of the spec run' if inside(where, RECORD) else 'the rest is the code'}). "
+        f"Leave results_dir empty (this run then goes to runs/{run_name(settings)}/), or choose a folder "
+        "under runs/ or outside the repository."
+    )
+
+
+def shown(path: Path) -> str:
+    """A path as the user reads it: relative to the repository when inside it."""
+    return str(path.relative_to(REPO)) if inside(path, REPO) else str(path)
+
+
+# ---- the one pass ----------------------------------------------------------------------------
+def resolve(parameters=None, environ=None, claim_folder=True, source="the parameters cell") -> SimpleNamespace:
+    """The run's settings: the defaults, the parameters cell's values, then `VAE_<NAME>` variables.
+
+    `parameters` may be the notebook's namespace (`globals()`): only the names of settings are read;
+    `source` names where they came from in an error (`VAE_*`: each by its environment variable).
+    Every value, their combination, the device and the results folder are checked; `results_dir`
+    comes back chosen. With `claim_folder`, this process also takes the folder's lock (one writer
+    per run folder) and checks what the folder holds (another run, an unfinished one).
+    """
+    environ = os.environ if environ is None else environ
+    values = {name: s.default for name, s in SETTINGS.items()}
+    sources = {}
+    for name, value in (parameters or {}).items():
+        if name in SETTINGS:
+            values[name] = typed(name, value)
+            sources[name] = f"{PREFIX}{name.upper()}" if source == "VAE_*" else source
+    for name, value in from_environment(environ).items():
+        values[name], sources[name] = value, f"{PREFIX}{name.upper()}"
+    for name, value in values.items():
+        if not SETTINGS[name].check(value):
+            where = sources.get(name, "the default")
+            raise SettingsError(f"{name} must be {SETTINGS[name].accepts}; got {value!r} (from {where}).")
+    settings = SimpleNamespace(**values)
+    check_combination(settings)
+    if settings.device != "auto":
+        pick_device(settings.device)  # fails now, not after the data is loaded
+    folder = results_folder(settings)
+    settings.results_dir = shown(folder)
+    writable_folder(folder, "results_dir")
+    if not (REPO / settings.data_dir / "MNIST" / "raw").is_dir():
+        writable_folder(REPO / settings.data_dir, "data_dir")
+    if claim_folder:
+        try:
+            files.lock_folder(folder)
+        except files.FolderInUse as error:
+            raise SettingsError(str(error)) from None
+        check_folder(settings, folder)
+    return settings
+
+
+def writable_folder(path: Path, name: str):
+    """SettingsError unless `path` is a folder that exists or can be made, and can be written."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SettingsError(f"{name}={shown(path)}: {existing} is not a folder. Choose a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SettingsError(f"{name}={shown(path)}: {existing} is not writable. Choose a folder you can write to.")
+
+
+def check_folder(settings, folder: Path):
+    """Refuse a folder holding another run, or an unfinished run when `resume` is not set."""
+    fixed = [name for name in SPEC if name not in RESUME_MAY_CHANGE]
+    checkpoint = folder / "checkpoint.pt"
+    try:
+        previous = files.read_metrics(folder, missing_ok=True)
+        state = files.load_checkpoint(checkpoint) if checkpoint.exists() else None
+    except (files.UnreadableRun, files.CheckpointError) as error:
+        raise SettingsError(f"{error} Delete it to start afresh, or choose another name or results_dir.") from None
+    for what, saved in ((settings.results_dir, previous), (checkpoint, state)):
+        found = differences(saved["settings"], settings, fixed if state else SPEC) if saved else []
+        if found:
+            raise SettingsError(
+                f"{what} holds a run with other settings ({'; '.join(found)}). Choose another name or "
+                "results_dir, or delete that folder."
+            )
+    if state is None:
+        return
+    if state["epoch"] > settings.epochs:
+        raise SettingsError(
+            f"{checkpoint} is at epoch {state['epoch']}, past epochs={settings.epochs}; set epochs to at least "
+            f"{state['epoch']}, or choose another name."
+        )
+    if state["epoch"] < settings.epochs and not settings.resume:
+        raise SettingsError(
+            f"{checkpoint} holds an unfinished run (epoch {state['epoch']} of {settings.epochs}). To continue it "
+            "set resume = True in the parameters cell (headless: VAE_RESUME=1); to start afresh delete it or "
+            "choose another name."
+        )
+
+
+# ---- the device ------------------------------------------------------------------------------
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA, then Apple's MPS, then the CPU; a named device must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    device = torch.device(name)
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available() and (device.index is None or device.index < torch.cuda.device_count()),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if not available.get(device.type, False):
+        raise SettingsError(f"device {name!r} is not available on this machine; use device auto or cpu.")
+    return device
+
+
+def enable_determinism() -> None:
+    """Ask PyTorch for deterministic kernels everywhere (CPU runs are deterministic already).
+
+    Call before the first CUDA operation: cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it starts.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False

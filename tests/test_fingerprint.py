@@ -1,0 +1,102 @@
+"""harness.fingerprint: a run's code is what its numbers depend on, and nothing else; a change is named."""
+
+import json
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import nbformat
+import pytest
+
+from conftest import REPO
+from harness import NOTEBOOK, fingerprint
+
+
+def edited(tmp_path, cell_id, edit, name="edited.ipynb"):
+    """A copy of the notebook with one cell's source edited (`edit(source) -> source`)."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    cell = next(c for c in nb.cells if c.get("id") == cell_id)
+    cell.source = edit(cell.source)
+    nbformat.write(nb, tmp_path / name)
+    return tmp_path / name
+
+
+def changed(path, **kw):
+    return fingerprint.changes(fingerprint.code_of(), fingerprint.code_of(path, **kw))
+
+
+def test_comments_docstrings_blank_lines_and_layout_change_nothing_but_code_does():
+    code = "def f(x):\n    return x + 1\n"
+    same = '# a comment\ndef f(x):\n    """What f does."""\n\n    return x+1  # why\n'
+    assert fingerprint.digest(code) == fingerprint.digest(same)
+    assert fingerprint.digest(code) != fingerprint.digest(code.replace("+ 1", "+ 2"))
+    assert fingerprint.digest('y = f"{a + 1:.2f} b"') == fingerprint.digest('y = f"{a+1:.2f} b"')
+
+
+def test_an_edited_model_cell_is_named_by_its_section(tmp_path):
+    tanh = edited(tmp_path, "vae-class", lambda s: s.replace("nn.ReLU()", "nn.Tanh()"))
+    assert changed(tanh) == ["the notebook's 'The model'"]
+    step = edited(tmp_path, "train-epoch", lambda s: s.replace("zero_grad(set_to_none=True)", "zero_grad()"))
+    assert changed(step) == ["the notebook's 'Training'"]
+
+
+def test_prose_comments_and_the_parameters_cell_are_not_the_code(tmp_path):
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells[0].source += "\n\nA paragraph more."
+    nbformat.write(nb, tmp_path / "prose.ipynb")
+    assert changed(tmp_path / "prose.ipynb") == []
+    assert changed(edited(tmp_path, "vae-class", lambda s: "# why this model\n" + s)) == []
+    assert changed(edited(tmp_path, "parameters", lambda s: s.replace("epochs = 20", "epochs = 5"))) == []
+
+
+def test_an_edited_loss_in_vae_utils_is_named(tmp_path):
+    for name in fingerprint.FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, tmp_path / name)
+    assert changed(NOTEBOOK, root=tmp_path) == []
+    source = (tmp_path / "vae_utils.py").read_text()
+    (tmp_path / "vae_utils.py").write_text(source.replace("return -0.5 * (1 + log_var", "return -0.4 * (1 + log_var"))
+    assert changed(NOTEBOOK, root=tmp_path) == ["vae_utils.py"]
+
+
+def test_in_a_kernel_a_cell_counts_as_it_was_last_run_and_a_cell_the_file_lacks_counts_too(monkeypatch):
+    monkeypatch.setattr(fingerprint, "RAN", {})
+    saved = fingerprint.code_of()
+    vae_class = next(c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.get("id") == "vae-class")
+    fingerprint.remember(SimpleNamespace(cell_id="vae-class", raw_cell=vae_class.source.replace("ReLU", "Tanh")))
+    assert fingerprint.changes(saved, fingerprint.code_of()) == ["the notebook's 'The model'"]
+    fingerprint.remember(SimpleNamespace(cell_id="vae-class", raw_cell=vae_class.source))  # run again as saved
+    fingerprint.remember(SimpleNamespace(cell_id="scratch", raw_cell="model.fc_mu.weight.data.zero_()"))
+    assert fingerprint.changes(saved, fingerprint.code_of()) == ["cells run that the notebook file does not hold"]
+    fingerprint.remember(SimpleNamespace(cell_id=None, raw_cell="print(1)"))  # a console: no cell
+    assert set(fingerprint.RAN) == {"vae-class", "scratch"}
+
+
+def test_a_record_made_before_runs_recorded_their_code_is_other_code():
+    assert fingerprint.changes(None, fingerprint.code_of()) == [
+        "all of it (the run was made before runs recorded their code)"
+    ]
+
+
+def test_the_committed_record_was_made_by_the_current_code():
+    metrics = json.loads((REPO / "results" / "metrics.json").read_text())
+    assert fingerprint.changes(metrics["code"], fingerprint.code_of()) == [], "re-run: python3 tasks.py run"
+
+
+@pytest.mark.slow
+def test_vae_utils_imports_nothing_of_the_repo_and_the_notebook_runs_without_fcntl(mnist_root, tmp_path):
+    """As on Windows: `fcntl` cannot be imported. The notebook's cells, run in order, as a short run."""
+    cells = [c.source for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
+    script = tmp_path / "cells.py"
+    script.write_text(
+        "import sys\nsys.modules['fcntl'] = None  # import fcntl raises ImportError\nimport vae_utils\n"
+        "assert not [m for m in sys.modules if m.startswith('harness')], 'vae_utils imports harness'\n"
+        + "\n".join(f"exec({source!r})" for source in cells)
+    )
+    env = {"VAE_EPOCHS": "1", "VAE_TRAIN_SIZE": "512", "VAE_TEST_SIZE": "64", "VAE_IW_SAMPLES": "2",
+           "VAE_DATA_DIR": str(mnist_root), "VAE_RESULTS_DIR": str(tmp_path / "run"), "MPLBACKEND": "Agg",
+           "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}  # fmt: skip
+    done = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "epoch  1" in done.stdout and json.loads((tmp_path / "run" / "metrics.json").read_text())["finished"]
