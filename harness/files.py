@@ -51,17 +51,41 @@ def read_metrics(folder, missing_ok=False):
         raise UnreadableRun(f"{path} cannot be read ({type(error).__name__}: {error}).") from None
     if not isinstance(metrics, dict) or not isinstance(metrics.get("settings"), dict):
         raise UnreadableRun(f"{path} is not the metrics.json of a run: it has no settings.")
-    lacking = lacking_settings(metrics["settings"]) + ([] if "code" in metrics else ["code"])
-    if lacking:
-        raise UnreadableRun(f"{path} is not a whole record: it lacks {', '.join(lacking)}.")
+    wrong = wrong_fields(metrics["settings"], metrics.get("epochs"))
+    wrong += [] if isinstance(metrics.get("code"), dict | type(None)) and "code" in metrics else ["code (missing)"]
+    wrong += [f"{key} (not a number)" for key in ("test_loss",) if key in metrics and not is_number(metrics[key])]
+    evaluation = metrics.get("evaluation", {})
+    wrong += [
+        f"evaluation.{key} (not a number)" for key in EVALUATION if key in evaluation and not is_number(evaluation[key])
+    ]
+    if wrong:
+        raise UnreadableRun(f"{path} is not a whole record: wrong {', '.join(wrong[:4])}.")
     return metrics
 
 
-def lacking_settings(saved: dict) -> list:
-    """The settings a saved run (metrics.json, a checkpoint) does not record: none is ever guessed."""
+ROW = ("epoch", "train_loss", "test_loss", "test_recon", "test_kl", "seconds")  # an epoch of the history
+EVALUATION = ("test_loss", "test_recon", "test_kl", "elbo", "elbo_se", "iw_bound", "iw_bound_se", "iw_samples",
+              "active_units")  # fmt: skip
+
+
+def is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def wrong_fields(settings: dict, history) -> list:
+    """What a saved run (metrics.json, a checkpoint) lacks or holds wrongly: no setting is ever guessed."""
     from harness.settings import SETTINGS
 
-    return [name for name in SETTINGS if name not in saved]
+    wrong = [f"settings.{n} (missing)" for n in SETTINGS if n not in settings]
+    wrong += [f"settings.{n} = {settings[n]!r} (not {s.accepts})" for n, s in SETTINGS.items()
+              if n in settings and not s.check(settings[n])]  # fmt: skip
+    if not isinstance(history, list):
+        return [*wrong, "the epochs' history (missing)"]
+    return wrong + [
+        f"epoch row {i} (fields {', '.join(ROW)} must be numbers)"
+        for i, row in enumerate(history, start=1)
+        if not isinstance(row, dict) or not all(is_number(row.get(k)) for k in ROW)
+    ]
 
 
 # ---- checkpoints -----------------------------------------------------------------------------
@@ -79,6 +103,7 @@ CHECKPOINT_TYPES = {
     "resumed": list,
     "code": dict | type(None),  # None: made before runs recorded their code
 }
+RNG = {len(torch.Generator().get_state()), 16}  # the bytes of a CPU generator's state, and of CUDA's
 
 
 def save_checkpoint(path, state: dict) -> Path:
@@ -140,8 +165,10 @@ def load_checkpoint(path, model=None) -> dict:
         wrong.append("model (not all tensors)")
     if not wrong and (state["epoch"] < 1 or len(state["metrics"]) != state["epoch"]):
         wrong.append(f"epoch {state['epoch']} with {len(state['metrics'])} epochs of metrics")
-    if not wrong and lacking_settings(state["settings"]):
-        wrong.append(f"settings (made by older code: it lacks {', '.join(lacking_settings(state['settings']))})")
+    if not wrong:
+        wrong = wrong_fields(state["settings"], state["metrics"])
+    if not wrong and (state["rng"].dtype != torch.uint8 or state["rng"].dim() != 1 or len(state["rng"]) not in RNG):
+        wrong.append(f"rng (a generator state of {len(state['rng'])} {state['rng'].dtype} values)")
     if wrong:
         raise CheckpointError(f"{path} is not a checkpoint of this notebook: wrong {', '.join(wrong)}.")
     if model is not None:
@@ -182,17 +209,19 @@ class FolderInUse(RuntimeError):
 HELD = {}  # folder -> its held filelock: kept (and locked) for as long as this process lives
 
 
-def lock_folder(folder: Path) -> None:
+def lock_folder(folder: Path, alone=True) -> None:
     """Take the run folder's lock (an OS lock on `folder/.lock`) for the rest of this process.
 
     The operating system releases it when the process ends, however it ends: a killed run leaves
-    no stale lock. Taking it again in the same process (a notebook cell run twice) is a no-op.
-    Another process's lock raises `FolderInUse` naming that process (from `folder/.lock.owner`).
+    no stale lock. Taking it again in the same process (a notebook cell run twice) is a no-op; with
+    `alone`, the process gives up the others it holds (a notebook whose settings changed). Another
+    process's lock raises `FolderInUse` naming that process (from `folder/.lock.owner`).
     """
     folder = Path(folder).resolve()
     if folder in HELD and (folder / ".lock").exists():  # a deleted folder takes its lock with it
         return
-    release_folders()  # one run per process: a notebook whose settings changed gives up its old folder
+    if alone:
+        release_folders()
     folder.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(folder / ".lock", thread_local=False)
     try:
@@ -203,6 +232,13 @@ def lock_folder(folder: Path) -> None:
         raise FolderInUse(f"{folder} is in use by {holder}: one run at a time writes a folder.") from None
     write_text(folder / ".lock.owner", f"process {os.getpid()} ({describe_process(os.getpid())})\n")
     HELD[folder] = lock
+
+
+def check_free(folder: Path) -> None:
+    """`FolderInUse` if another process holds the folder's lock; this process takes none."""
+    if (Path(folder) / ".lock").exists() and Path(folder).resolve() not in HELD:
+        lock_folder(folder, alone=False)
+        HELD.pop(Path(folder).resolve()).release(force=True)
 
 
 def release_folders() -> None:

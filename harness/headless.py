@@ -149,7 +149,7 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
     Raises SettingsError before a kernel starts for a bad value, and RunFailed with a one-line
     message when the notebook fails (a refusal of the settings cell included) or is stopped.
     """
-    echo = echo or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    echo = echo or to_stdout
     resolved = settings.resolve(parameters, environ={}, claim_folder=False, source=source)
     folder = REPO / resolved.results_dir
     spec_run = folder == settings.RECORD
@@ -162,7 +162,7 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
         kernel_env.update({f"{PREFIX}{name.upper()}": str(value) for name, value in given.items()})
         injected = {}
     else:
-        output = failed_output = folder / NOTEBOOK.name
+        output, failed_output = folder / NOTEBOOK.name, folder / "failed-run.ipynb"  # a finished run's notebook stays
         echo(f"an experiment ({settings.run_name(resolved)}): everything goes to {resolved.results_dir}/\n")
         injected = {**given, "results_dir": str(folder)}
     nb = load_notebook_node(str(NOTEBOOK))  # papermill's reader: every cell has its tags
@@ -175,6 +175,7 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
         nb,
         echo,
         timeout=None,
+        kernel_name="python3",  # this environment's own kernel, whatever kernel a saved notebook names
         record_timing=False,
         coalesce_streams=True,  # a progress bar is saved as its last state
         extra_arguments=["--IPKernelApp.log_level=ERROR"],  # not the kernel's start-up warnings
@@ -186,40 +187,62 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
         if error.ename == "RunRefused" or (error.ename == "SettingsError" and client.section == "Settings"):
             # refused before any work: the folder (and what it holds) is left as it was
             raise RunFailed(f"{error.ename}: {error.evalue}", EXIT_SETTINGS, error.ename) from None
-        write_notebook(nb, failed_output)
+        kept = keep_failed(nb, failed_output)
         if client.signum is not None or error.ename in STOPPED:
-            raise RunFailed(
-                stopped_message(folder, client.signum or signal.SIGINT), 128 + (client.signum or 2)
-            ) from None
+            signum = client.signum or signal.SIGINT
+            raise RunFailed(f"{stopped(signum)}; {kept_by(folder)}", 128 + signum) from None
         where = f"code cell [{nb.cells[client.cell_index].execution_count}] ({client.section})"
-        raise RunFailed(
-            f"{error.ename}: {error.evalue}\n  in {where}; the executed notebook: {failed_output}", ename=error.ename
-        ) from None
+        raise RunFailed(f"{error.ename}: {error.evalue}\n  in {where}; {kept}", ename=error.ename) from None
     except (KeyboardInterrupt, Exception) as error:  # noqa: BLE001 -- the kernel died, or never started
         signum = client.signum or getattr(
             error, "signum", signal.SIGINT if isinstance(error, KeyboardInterrupt) else None
         )
         if signum is not None:
-            raise RunFailed(stopped_message(folder, signum), 128 + signum) from None
-        write_notebook(nb, failed_output)
-        raise RunFailed(f"the kernel stopped: {type(error).__name__}: {error}; see {failed_output}") from None
+            raise RunFailed(f"{stopped(signum)}; {kept_by(folder)}", 128 + signum) from None
+        kept = keep_failed(nb, failed_output)
+        raise RunFailed(
+            f"the kernel died ({type(error).__name__}: {str(error)[:200]}; killed for memory?); {kept_by(folder)} "
+            f"{kept}"
+        ) from None
     write_notebook(nb, output)
     return output
 
 
-def stopped_message(folder: Path, signum) -> str:
+def keep_failed(nb, path: Path) -> str:
+    """Write a failed run's notebook; say where, or why it could not be written (a full disk)."""
+    try:
+        write_notebook(nb, path)
+    except OSError as error:
+        return f"the executed notebook could not be written ({error})."
+    return f"the executed notebook: {path}"
+
+
+def stopped(signum) -> str:
+    return f"stopped ({STOPS[signum]}): the kernel is shut down"
+
+
+def kept_by(folder: Path) -> str:
+    """What the run's checkpoint keeps, and the command that goes on."""
     checkpoint = folder / "checkpoint.pt"
-    stop = f"stopped ({STOPS[signum]}): the kernel is shut down"
     if not checkpoint.exists():
-        return f"{stop}; no epoch had finished, so there is no checkpoint."
+        return "no epoch had finished, so there is no checkpoint."
     try:
         state = files.load_checkpoint(checkpoint)
     except files.CheckpointError as error:
-        return f"{stop}; {error}"
+        return str(error)
     epoch, epochs = state["epoch"], state["settings"]["epochs"]
     if epoch >= epochs:
-        return f"{stop}; {checkpoint} keeps all {epoch} epochs: run the same command again to evaluate it."
-    return f"{stop}; {checkpoint} keeps epoch {epoch}: run the same command with VAE_RESUME=1 to go on."
+        return f"{checkpoint} keeps all {epoch} epochs: run the same command again to evaluate it."
+    return f"{checkpoint} keeps epoch {epoch}: run the same command with VAE_RESUME=1 to go on."
+
+
+def to_stdout(text):
+    """The terminal's copy of what the notebook prints; a reader that left (`| head`) is not a stop."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the run goes on without output
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def raise_stopped(signum, frame):
@@ -232,7 +255,7 @@ def main():
         signal.signal(signum, raise_stopped if signum != signal.SIGINT else signal.default_int_handler)
     try:
         parameters = parameters_from(os.environ)
-        print(f"done: {execute(parameters, source='VAE_*')}", flush=True)
+        to_stdout(f"done: {execute(parameters, source='VAE_*')}\n")
     except settings.SettingsError as error:
         print(f"error: SettingsError: {error}", file=sys.stderr)
         sys.exit(EXIT_SETTINGS)

@@ -71,8 +71,13 @@ class TrainingRun:
         """A new run, the folder's run continued, or given weights; prints which."""
         run = cls(settings, model, optimizer, generator)
         run.check(model, optimizer)
-        state = files.load_checkpoint(run.checkpoint, model) if run.checkpoint.exists() else None
-        previous = files.read_metrics(run.folder, missing_ok=True)
+        try:
+            state = files.load_checkpoint(run.checkpoint, model) if run.checkpoint.exists() else None
+            previous = files.read_metrics(run.folder, missing_ok=True)
+        except (files.CheckpointError, files.UnreadableRun):
+            if run.folder != RECORD:
+                raise
+            state, previous = None, {"code": None}  # results/ of older code: the spec's run makes it anew
         if settings.weights:
             files.load_weights(settings.weights, model)
             run.weights_from = weights_code(settings.weights, run.code)

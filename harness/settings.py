@@ -227,31 +227,45 @@ def inside(path: Path, folder: Path) -> bool:
 def results_folder(settings) -> Path:
     """Where a run writes: results/ for the spec's run, runs/<name>/ for any other, or results_dir.
 
-    A results_dir inside the repository must be under runs/, or a study's own results/studies/NAME/RUN/
-    with that run's settings; the spec's run may name results/. Anything else is refused.
+    Decided on the resolved path (symlinks followed): inside the repository a run writes only under
+    runs/, or into a study's own results/studies/NAME/RUN/ with that run's settings; only the spec's
+    run writes results/. Anything else is refused; a folder outside the repository is the user's.
     """
     from harness.studies import STUDIES
 
-    if not settings.results_dir:
-        return RECORD if is_spec_run(settings) and not settings.name else RUNS / (settings.name or run_name(settings))
-    where = (REPO / Path(settings.results_dir).expanduser()).resolve()
+    if settings.results_dir:
+        asked, named = Path(settings.results_dir).expanduser(), f"results_dir={settings.results_dir}"
+    else:
+        spec_record = is_spec_run(settings) and not settings.name
+        asked = RECORD if spec_record else RUNS / (settings.name or run_name(settings))
+        named = "the spec's run" if spec_record else f"name={settings.name or run_name(settings)}"
+    where = (REPO / asked).resolve()
     too_long = [part for part in where.parts if len(part.encode()) > 255]
     if too_long:
-        raise SettingsError(f"results_dir: the folder name {too_long[0][:40]}... is longer than 255 bytes.")
-    if not inside(where, REPO):
-        return where
+        raise SettingsError(f"{named}: the folder name {too_long[0][:40]}... is longer than 255 bytes.")
     study = where.relative_to(STUDY_RECORD).parts if inside(where, STUDY_RECORD) else ()
     planned = STUDIES.get(study[0], {}).get(study[1]) if len(study) == 2 else None
-    if planned is not None and not differences({**SPEC, **planned}, settings):
-        return where  # a study's run, with its own settings, into its own folder
-    if (where == RECORD and is_spec_run(settings)) or (inside(where, RUNS) and where != RUNS):
+    if (
+        not inside(where, REPO)
+        or (planned is not None and not differences({**SPEC, **planned}, settings))  # a study's run, its own folder
+        or (where == RECORD and is_spec_run(settings))
+        or (inside(where, RUNS.resolve()) and where != RUNS.resolve())
+    ):
         return where
     raise SettingsError(
-        f"results_dir={settings.results_dir}: inside the repository a run writes only under runs/ "
-        f"({'results/ is the record of the spec run' if inside(where, RECORD) else 'the rest is the code'}). "
+        f"{named} is {where}: inside the repository a run writes only under "
+        f"runs/ ({'results/ is the record of the spec run' if inside(where, RECORD) else 'the rest is the code'}). "
         f"Leave results_dir empty (this run then goes to runs/{run_name(settings)}/), or choose a folder "
         "under runs/ or outside the repository."
     )
+
+
+def not_a_runs(folder: Path) -> list:
+    """The files of a folder that no run made: a run writes only into a new or empty folder, or a run's own."""
+    names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if folder == RECORD or not names or {".lock", "metrics.json", "checkpoint.pt"} & set(names):
+        return []  # results/ is the spec run's; a lock or a record says a run made the folder
+    return names
 
 
 def shown(path: Path) -> str:
@@ -277,6 +291,8 @@ def resolve(parameters=None, environ=None, claim_folder=True, source="the parame
             values[name] = typed(name, value)
             sources[name] = f"{PREFIX}{name.upper()}" if source == "VAE_*" else source
     for name, value in from_environment(environ).items():
+        if name in sources and source == "the parameters cell" and values[name] != value:  # said where it is seen
+            print(f"{PREFIX}{name.upper()}={value!r} overrides the parameters cell's {name} = {values[name]!r}")
         values[name], sources[name] = value, f"{PREFIX}{name.upper()}"
     for name, value in values.items():
         if not SETTINGS[name].check(value):
@@ -289,8 +305,19 @@ def resolve(parameters=None, environ=None, claim_folder=True, source="the parame
     folder = results_folder(settings)
     settings.results_dir = shown(folder)
     writable_folder(folder, "results_dir")
-    if not (REPO / settings.data_dir / "MNIST" / "raw").is_dir():
-        writable_folder(REPO / settings.data_dir, "data_dir")
+    foreign = not_a_runs(folder)
+    if foreign:
+        shown_names = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise SettingsError(
+            f"{settings.results_dir} holds files no run made ({shown_names}): a run writes only into a new or "
+            "empty folder, or its own. Choose another name or results_dir."
+        )
+    data = (REPO / settings.data_dir).resolve()
+    if inside(data, RECORD):
+        raise SettingsError(f"data_dir={settings.data_dir}: MNIST does not go into results/, the record. Choose "
+                            "another folder (the default is data/).")  # fmt: skip
+    if not (data / "MNIST" / "raw").is_dir():
+        writable_folder(data, "data_dir")
     if claim_folder:
         try:
             files.lock_folder(folder)
@@ -319,6 +346,8 @@ def check_folder(settings, folder: Path):
         previous = files.read_metrics(folder, missing_ok=True)
         state = files.load_checkpoint(checkpoint) if checkpoint.exists() else None
     except (files.UnreadableRun, files.CheckpointError) as error:
+        if folder == RECORD:  # the record of the spec run, of older code: the spec's run makes it anew
+            return
         raise SettingsError(f"{error} Delete it to start afresh, or choose another name or results_dir.") from None
     for what, saved in ((settings.results_dir, previous), (checkpoint, state)):
         found = differences(saved["settings"], settings, fixed if state else SPEC) if saved else []

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import STOPS, files, headless
+from harness import PREFIX, STOPS, files, fingerprint, headless
 from harness.settings import (
     RECORD,
     SPEC,
@@ -85,7 +85,22 @@ def run_study(name, runs=None, root=None, environ=None, echo=None) -> Path:
     from harness import tables
 
     environ = os.environ if environ is None else environ
-    machine = {k: v for k, v in from_environment(environ).items() if k in MACHINE_SETTINGS}
+    given = from_environment(environ)
+    unused = [f"{PREFIX}{n.upper()}" for n in given if n not in MACHINE_SETTINGS]
+    if unused:
+        raise StudyFailed(
+            f"study {name} sets each run's settings itself, so {', '.join(unused)} would be ignored: unset it "
+            f"(only {', '.join(PREFIX + n.upper() for n in MACHINE_SETTINGS)} reach a study's runs)."
+        )
+    machine = {k: v for k, v in given.items() if k in MACHINE_SETTINGS}
+    if machine:
+        echo(f"every run of study {name} uses {', '.join(f'{k}={v}' for k, v in machine.items())}")
+    try:  # one writer per study, and none of its runs' folders written by another process
+        files.lock_folder(root, alone=False)
+        for run in runs:
+            files.check_free(root / run)
+    except files.FolderInUse as error:
+        raise StudyFailed(f"study {name} cannot start: {error}") from None
     kernel_env = {k: v for k, v in environ.items() if not is_variable(k)}
     timings = tables.load_timings(root)
     for number, (run, overrides) in enumerate(runs.items(), start=1):
@@ -94,6 +109,10 @@ def run_study(name, runs=None, root=None, environ=None, echo=None) -> Path:
         if is_complete(folder, overrides):
             echo(f"{label}: done already, kept")
             continue
+        try:
+            files.check_free(folder)  # another process may have begun writing it since the study started
+        except files.FolderInUse as error:
+            raise StudyFailed(f"study {name}: run {run} cannot start: {error}") from None
         shutil.rmtree(folder, ignore_errors=True)  # half-finished or stale: start from scratch
         same = same_run_elsewhere(overrides, root)
         if same is not None:
@@ -159,6 +178,7 @@ def shorter_run(runs: dict, overrides: dict, root: Path):
         and {**SPEC, **other}["epochs"] < epochs
         and (root / run / "checkpoint.pt").exists()
         and is_complete(root / run, other)
+        and not fingerprint.changes(files.load_checkpoint(root / run / "checkpoint.pt")["code"], fingerprint.code_of())
     ]
     return max(candidates)[1] if candidates else None
 

@@ -159,7 +159,8 @@ def test_a_failure_in_a_cell_ends_with_the_error_the_cell_and_the_executed_noteb
     assert run.returncode == 1 and "Traceback" not in run.stdout + run.stderr
     first, second = run.stderr.strip().splitlines()
     assert first.startswith("error: NonFiniteLossError: The loss became NaN or infinite at epoch 2, batch 1 of 12")
-    notebook = results / "Variational_autoencoder.ipynb"
+    notebook = results / "failed-run.ipynb"  # beside the finished 1-epoch run's notebook, which stays
+    assert "NonFiniteLossError" not in (results / "Variational_autoencoder.ipynb").read_text()
     executed = json.loads(notebook.read_text())
     count = next(c["execution_count"] for c in executed["cells"] if c.get("id") == "train-loop")
     assert second == f"  in code cell [{count}] (Training); the executed notebook: {notebook}"

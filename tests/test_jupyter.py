@@ -211,6 +211,7 @@ def test_the_environment_wins_over_the_parameters_cell(kernel, tmp_path):
     settings = json.loads((tmp_path / "run" / "metrics.json").read_text())["settings"]
     assert (settings["epochs"], settings["latent_dim"]) == (3, 5)
     assert not any("ename" in r for r in results.values())
+    assert "VAE_EPOCHS=3 overrides the parameters cell's epochs = 1" in results["settings"]["text"]
 
 
 def test_papermill_runs_an_experiment_into_its_own_folder_and_leaves_git_clean(mnist_root, tmp_path):

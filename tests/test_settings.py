@@ -169,7 +169,9 @@ def test_a_finished_run_with_the_same_settings_may_be_run_again(folder):
 
 def test_a_folder_holding_a_run_with_other_settings_is_not_overwritten(folder):
     results = Path(folder["VAE_RESULTS_DIR"])
-    files.write_json(results / "metrics.json", {"settings": vars(load(VAE_LR="0.01", **folder)), "code": None})
+    files.write_json(
+        results / "metrics.json", {"settings": vars(load(VAE_LR="0.01", **folder)), "code": None, "epochs": []}
+    )
     with pytest.raises(settings.SettingsError, match=r"holds a run with other settings \(lr: 0.01 there, 0.001 now\)"):
         claim(**folder)
 

@@ -8,7 +8,7 @@ import statistics
 import pytest
 import torch
 
-from conftest import QUICK, REPO, run_notebook
+from conftest import QUICK, REPO, history_row, run_notebook
 from harness import files, fingerprint, studies, tables
 from harness.settings import SETTINGS
 
@@ -47,7 +47,7 @@ def test_the_runner_runs_each_run_once_continues_and_names_a_failing_run(quick_e
 
 
 def constructed_run(folder, seed, test_loss, iw_bound, active, latent_dim=20):
-    epochs = [{"epoch": e, "test_loss": test_loss + 10 / e} for e in (1, 2, 3)]
+    epochs = [history_row(e, test_loss + 10 / e) for e in (1, 2, 3)]
     epochs[-1]["test_loss"] = test_loss
     settings = {**{name: s.default for name, s in SETTINGS.items()}, "seed": seed, "latent_dim": latent_dim}
     evaluation = {

@@ -1,4 +1,4 @@
-"""training_run: a stop or a failure puts the run back at its last complete epoch, the record is written
+"""harness.run: a stop or a failure puts the run back at its last complete epoch, the record is written
 together, the advice after a divergence is accepted, provenance says what it cannot tell."""
 
 import json

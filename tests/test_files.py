@@ -1,4 +1,4 @@
-"""run_files: checkpoints and weights trusted only when they are what they claim, safe writes, one reader
+"""harness.files: checkpoints and weights trusted only when they are what they claim, safe writes, one reader
 of metrics.json."""
 
 import pytest
