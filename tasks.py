@@ -20,6 +20,7 @@ benchmark or Jupyter; the other tasks take none.
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,12 +58,20 @@ def become(module, *args):
 
 
 def setup():
-    """Create the virtual environment and install requirements.txt into it, if not done yet."""
+    """Create the virtual environment and install requirements.txt into it, if not done yet.
+
+    A stop while the environment is made can leave it without pip: the next command sees that and
+    makes it again. requirements.txt's stamp is written only after the install, so a stopped install
+    is redone by the next command.
+    """
     requirements = REPO / "requirements.txt"
     stamp = VENV / ".requirements.sha256"
     digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
     if PYTHON.exists() and stamp.exists() and stamp.read_text().strip() == digest:
         return
+    if PYTHON.exists() and subprocess.call([PYTHON, "-m", "pip", "--version"], stdout=subprocess.DEVNULL, stderr=2):
+        print(f"{VENV} has no working pip (an interrupted set-up?): making it again", flush=True)
+        shutil.rmtree(VENV)
     if not PYTHON.exists():
         print(f"creating a virtual environment in {VENV}", flush=True)
         if subprocess.call([sys.executable, "-m", "venv", str(VENV)]):

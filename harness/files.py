@@ -173,6 +173,10 @@ def load_checkpoint(path, model=None) -> dict:
         raise CheckpointError(f"{path} is not a checkpoint of this notebook: wrong {', '.join(wrong)}.")
     if model is not None:
         check_weights(state["model"], model, path)
+        shapes = [tuple(p.shape) for p in model.parameters()]
+        moments = [(i, t) for i, st in state["optimizer"].get("state", {}).items() for t in st.values()]
+        if any(t.dim() and (not 0 <= int(i) < len(shapes) or tuple(t.shape) != shapes[int(i)]) for i, t in moments):
+            raise CheckpointError(f"{path} holds an optimiser of another model (its moments' shapes differ).")
     return state
 
 
@@ -181,13 +185,18 @@ def save_weights(path, model) -> Path:
     return save_checkpoint(path, model.state_dict())
 
 
-def load_weights(path, model) -> None:
-    """Load a state dict written by `save_weights` into `model`, safely, or raise CheckpointError."""
+def load_weights(path, model=None) -> dict:
+    """A state dict written by `save_weights`, loaded safely (into `model`, checked against it), or CheckpointError.
+
+    Without `model` it is only checked whole: the settings check does that before any data is loaded.
+    """
     weights = safe_load(path, f"weights={path}")
-    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+    if not isinstance(weights, dict) or not weights or not all(isinstance(t, torch.Tensor) for t in weights.values()):
         raise CheckpointError(f"weights={path} is not a weights file (a state dict of tensors).")
-    check_weights(weights, model, f"weights={path}")
-    model.load_state_dict(weights)
+    if model is not None:
+        check_weights(weights, model, f"weights={path}")
+        model.load_state_dict(weights)
+    return weights
 
 
 def check_weights(weights: dict, model, path):

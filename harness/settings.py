@@ -199,6 +199,10 @@ def check_combination(s):
         trained = sorted(n for n in TRAINING if getattr(s, n) != SPEC[n])
         if trained:
             raise SettingsError(f"weights skips training, so {', '.join(trained)} would change nothing; leave them.")
+        try:
+            files.load_weights(REPO / s.weights)  # whole, before the data is loaded or a folder made
+        except files.CheckpointError as error:
+            raise SettingsError(str(error)) from None
     if s.objective == "elbo" and s.train_samples != 1:
         raise SettingsError(f"train_samples={s.train_samples} is the k of the iwae objective; with elbo it must be 1.")
     if s.objective == "iwae" and (s.beta != 1 or s.kl_warmup):

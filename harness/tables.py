@@ -7,6 +7,7 @@ docs/; `--write` rewrites them, and a test checks that the committed text is wha
 """
 
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -287,19 +288,38 @@ def readme_tables() -> dict:
     return tables
 
 
-def with_tables(text: str, tables: dict) -> str:
-    """Text with each `<!-- table: NAME -->...<!-- end: NAME -->` block replaced by `tables[NAME]`."""
+MARKER = re.compile(r"<!-- (table|end): ([\w-]+) -->")
+
+
+def with_tables(text: str, tables: dict, document="the document") -> str:
+    """Text with each `<!-- table: NAME -->...<!-- end: NAME -->` block made anew from `tables[NAME]`.
+
+    A document whose markers do not pair (a begin without its end, nested, repeated) is refused,
+    and so is a table that holds a marker itself: nothing is written then.
+    """
+    markers = [(m.group(1), m.group(2)) for m in MARKER.finditer(text)] + [None]
+    for begin, end in zip(markers[0:-1:2], markers[1::2], strict=True):
+        if begin[0] != "table" or end != ("end", begin[1]):
+            raise UnreadableRun(f"{document}: its <!-- table: NAME --> and <!-- end: NAME --> markers do not pair.")
     for name, table in tables.items():
-        begin, end = f"<!-- table: {name} -->", f"<!-- end: {name} -->"
-        if begin in text:
-            head, rest = text.split(begin, 1)
-            _, tail = rest.split(end, 1)
-            separator = "\n" if "\n" in table else ""
-            text = f"{head}{begin}{separator}{table}{separator}{end}{tail}"
+        if "<!--" in table or "-->" in table:
+            raise UnreadableRun(f"the table {name} holds an HTML comment, from a record: refused, nothing written.")
+        separator = "\n" if "\n" in table else ""
+        block = f"<!-- table: {name} -->{separator}{table}{separator}<!-- end: {name} -->"
+        text = re.sub(
+            rf"<!-- table: {name} -->.*?<!-- end: {name} -->", lambda _, block=block: block, text, flags=re.DOTALL
+        )
     return text
 
 
 def main(argv):
+    try:
+        make(argv)
+    except KeyboardInterrupt:
+        sys.exit("stopped (Ctrl-C): each document is as it was or whole (each is written by renaming).")
+
+
+def make(argv):
     unknown = [a for a in argv if a != "--write"]
     if unknown:
         sys.exit(f"error: unknown argument {unknown[0]!r}. usage: python3 tasks.py tables [--write]")
@@ -311,10 +331,12 @@ def main(argv):
         for name, table in tables.items():
             print(f"<!-- table: {name} -->\n{table}\n<!-- end: {name} -->\n")
         return
-    for document in DOCUMENTS:
-        path = REPO / document
-        if path.exists():
-            write_text(path, with_tables(path.read_text(), tables))
+    try:  # every document is checked before any is written
+        made = {doc: with_tables((REPO / doc).read_text(), tables, doc) for doc in DOCUMENTS if (REPO / doc).exists()}
+    except UnreadableRun as error:
+        sys.exit(f"error: {error}")
+    for document, text in made.items():
+        write_text(REPO / document, text)
     print(f"wrote {len(tables)} tables into {', '.join(DOCUMENTS)}")
 
 

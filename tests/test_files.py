@@ -1,10 +1,12 @@
 """harness.files: checkpoints and weights trusted only when they are what they claim, safe writes, one reader
 of metrics.json."""
 
+import re
+
 import pytest
 import torch
 
-from conftest import RunsCode, checkpoint_state, load
+from conftest import RunsCode, checkpoint_state, history_row, load
 from harness import files
 
 
@@ -100,3 +102,51 @@ def test_the_same_weights_saved_twice_are_the_same_bytes(tmp_path):
     first = files.save_weights(tmp_path / "a" / "vae.pt", model).read_bytes()
     second = files.save_weights(tmp_path / "b" / "vae.pt", model).read_bytes()
     assert first == second  # a re-run with the same numbers leaves a committed vae.pt as it was
+
+
+def whole_record():
+    return {"settings": vars(load()), "code": None, "epochs": [history_row(1)], "finished": True, "test_loss": 1.5,
+            "evaluation": {"test_loss": 1.5, "iw_bound": -1.4, "active_units": 3}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("spoil", "field"),
+    [(lambda m: m["settings"].update(beta="2"), "settings.beta = '2'"),
+     (lambda m: m["settings"].pop("lr_schedule"), "settings.lr_schedule (missing)"),
+     (lambda m: m["settings"].update(likelihood="<!-- end: main -->"), "settings.likelihood"),
+     (lambda m: m["epochs"][0].pop("test_kl"), "epoch row 1"),
+     (lambda m: m["evaluation"].update(iw_bound="-96"), "evaluation.iw_bound (not a number)"),
+     (lambda m: m.pop("code"), "code (missing)")],
+)  # fmt: skip
+def test_a_record_with_a_field_missing_or_of_the_wrong_type_is_named_with_its_file_and_field(tmp_path, spoil, field):
+    files.write_json(tmp_path / "metrics.json", whole_record())
+    assert files.read_metrics(tmp_path)["finished"]
+    metrics = whole_record()
+    spoil(metrics)
+    files.write_json(tmp_path / "metrics.json", metrics)
+    with pytest.raises(files.UnreadableRun) as error:
+        files.read_metrics(tmp_path)
+    assert f"{tmp_path / 'metrics.json'} is not a whole record: wrong {field}" in str(error.value)
+
+
+def test_a_checkpoint_with_a_wrong_generator_state_or_history_row_is_refused_when_loaded(tmp_path):
+    for spoil, words in (
+        (lambda s: s.update(rng=torch.zeros(7, dtype=torch.uint8)), "wrong rng (a generator state of 7"),
+        (lambda s: s["metrics"][1].pop("train_loss"), "wrong epoch row 2"),
+        (lambda s: s["settings"].pop("objective"), "wrong settings.objective (missing)"),
+    ):
+        state = checkpoint_state(load())
+        spoil(state)
+        files.save_checkpoint(tmp_path / "checkpoint.pt", state)
+        with pytest.raises(files.CheckpointError, match=re.escape(words)):
+            files.load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_a_checkpoint_whose_optimiser_belongs_to_another_model_is_refused(tmp_path):
+    state = checkpoint_state(load())  # a Linear(3, 2) and its Adam moments
+    files.save_checkpoint(tmp_path / "checkpoint.pt", state)
+    files.load_checkpoint(tmp_path / "checkpoint.pt", torch.nn.Linear(3, 2))
+    state["optimizer"]["state"][0]["exp_avg"] = torch.zeros(5, 5)
+    files.save_checkpoint(tmp_path / "checkpoint.pt", state)
+    with pytest.raises(files.CheckpointError, match="an optimiser of another model"):
+        files.load_checkpoint(tmp_path / "checkpoint.pt", torch.nn.Linear(3, 2))

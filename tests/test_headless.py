@@ -344,3 +344,40 @@ def test_an_edited_model_is_refused_in_the_old_runs_folder_and_an_edited_comment
     executed = run_notebook(quick, tmp_path / "run", epochs=1)
     (start,) = [c for c in executed.cells if c.get("id") == "optimizer"]
     assert "its checkpoint is loaded" in start.outputs[0]["text"]
+
+
+def test_a_kernel_that_dies_names_what_its_checkpoint_keeps_and_the_command_that_goes_on(quick_env, tmp_path):
+    results = tmp_path / "run"
+    run = start(quick_env, results)
+    wait_for(lambda: (results / "checkpoint.pt").exists())
+    (kernel,) = [p for p in the_run(run) if "ipykernel" in " ".join(p.cmdline())]
+    kernel.kill()  # as the kernel killed for memory would be
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 1 and "Traceback" not in out + err, err
+    (last,) = err.strip().splitlines()
+    assert last.startswith("error: the kernel died (DeadKernelError") and "killed for memory?" in last
+    assert f"{results / 'checkpoint.pt'} keeps epoch" in last and "with VAE_RESUME=1 to go on" in last
+
+
+def test_a_reader_that_leaves_the_pipe_is_not_a_stop_the_run_goes_on_without_output(quick_env, tmp_path):
+    """`python3 tasks.py run | head -3`."""
+    results = tmp_path / "run"
+    run = start(quick_env, results, epochs="2")
+    for _ in range(3):
+        run.stdout.readline()
+    run.stdout.close()  # head has read its three lines and left
+    assert run.wait(timeout=600) == 0, run.stderr.read()
+    assert "BrokenPipe" not in run.stderr.read()
+    assert json.loads((results / "metrics.json").read_text())["finished"]
+
+
+def test_a_failed_notebook_that_cannot_be_written_leaves_the_real_error_and_says_why(tmp_path, monkeypatch):
+    def full_disk(nb, path):
+        raise OSError(28, f"No space left on the device to write {path}")
+
+    monkeypatch.setattr(headless, "write_notebook", full_disk)
+    path = tmp_path / "failed-run.ipynb"
+    said = headless.keep_failed(None, path)
+    assert (
+        said == f"the executed notebook could not be written ([Errno 28] No space left on the device to write {path})."
+    )

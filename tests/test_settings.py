@@ -241,3 +241,41 @@ def test_headless_passes_the_spec_runs_machine_settings_as_variables_and_an_expe
         experiment["env"] == {"PATH": "x", **notebook}
         and experiment["path"] == REPO / "runs" / "two" / headless.NOTEBOOK.name
     )
+
+
+# ---- nothing you made is replaced ------------------------------------------------------------------
+def test_a_folder_holding_files_no_run_made_is_refused_and_left_as_it_was(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "Variational_autoencoder.ipynb").write_text("my edited copy")
+    (mine / "samples.png").write_bytes(b"my picture")
+    with pytest.raises(settings.SettingsError, match=r"holds files no run made \(Variational_autoencoder.ipynb, sa"):
+        claim(VAE_RESULTS_DIR=str(mine))
+    assert sorted(p.name for p in mine.iterdir()) == ["Variational_autoencoder.ipynb", "samples.png"]
+    assert (mine / "samples.png").read_bytes() == b"my picture"
+    assert claim(VAE_RESULTS_DIR=str(tmp_path / "empty")).results_dir == str(tmp_path / "empty")  # new: fine
+
+
+@pytest.mark.parametrize("target", [".", "results", "results/studies/seeds/seed1", "docs"])
+def test_a_name_that_leads_through_a_symlink_into_the_repository_is_refused(tmp_path, monkeypatch, target):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "link").symlink_to(REPO / target)
+    monkeypatch.setattr(settings, "RUNS", runs)
+    with pytest.raises(settings.SettingsError, match="inside the repository a run writes only under runs/"):
+        load(VAE_NAME="link", VAE_SEED="2")
+    (tmp_path / "outside").mkdir()
+    (runs / "elsewhere").symlink_to(tmp_path / "outside")  # a folder of the user's, outside the repository: theirs
+    assert load(VAE_NAME="elsewhere", VAE_SEED="2").results_dir == str(tmp_path / "outside")
+
+
+def test_mnist_may_not_go_into_the_record():
+    with pytest.raises(settings.SettingsError, match=r"data_dir=results/data: MNIST does not go into results/"):
+        load(VAE_DATA_DIR="results/data")
+
+
+def test_a_weights_file_that_is_not_one_is_refused_before_any_folder_is_made(tmp_path):
+    files.save_checkpoint(tmp_path / "vae.pt", {"model": [1, 2]})
+    with pytest.raises(settings.SettingsError, match="is not a weights file"):
+        claim(VAE_WEIGHTS=str(tmp_path / "vae.pt"), VAE_RESULTS_DIR=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -4,22 +4,31 @@ committed metrics.json files, and refuse a missing or broken one."""
 
 import json
 import statistics
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import QUICK, REPO, history_row, run_notebook
+from conftest import QUICK, REPO, history_row, run_notebook, without_settings
 from harness import files, fingerprint, studies, tables
 from harness.settings import SETTINGS
+
+
+@pytest.fixture()
+def study_env(mnist_root):
+    """A study's environment: the verified data, and no other VAE_* variable (a study sets its runs' own)."""
+    return {**without_settings(), "VAE_DATA_DIR": str(mnist_root)}
+
 
 SMALL = {"epochs": 1, **QUICK}
 TWO_RUNS = {"seed0": {"seed": 0, **SMALL}, "seed1": {"seed": 1, **SMALL}}
 
 
 @pytest.mark.slow
-def test_the_runner_runs_each_run_once_continues_and_names_a_failing_run(quick_env, tmp_path):
+def test_the_runner_runs_each_run_once_continues_and_names_a_failing_run(study_env, tmp_path):
     said = []
-    studies.run_study("tiny", TWO_RUNS, tmp_path, quick_env, echo=said.append)
+    studies.run_study("tiny", TWO_RUNS, tmp_path, study_env, echo=said.append)
     for run in TWO_RUNS:
         metrics = json.loads((tmp_path / run / "metrics.json").read_text())
         assert metrics["settings"]["seed"] == TWO_RUNS[run]["seed"] and len(metrics["epochs"]) == 1
@@ -27,13 +36,13 @@ def test_the_runner_runs_each_run_once_continues_and_names_a_failing_run(quick_e
 
     made = {run: (tmp_path / run / "metrics.json").stat().st_mtime_ns for run in TWO_RUNS}
     said.clear()
-    studies.run_study("tiny", TWO_RUNS, tmp_path, quick_env, echo=said.append)
+    studies.run_study("tiny", TWO_RUNS, tmp_path, study_env, echo=said.append)
     assert said == ["[1/2] tiny/seed0: done already, kept", "[2/2] tiny/seed1: done already, kept"]
     assert made == {run: (tmp_path / run / "metrics.json").stat().st_mtime_ns for run in TWO_RUNS}
 
     (tmp_path / "seed1" / "metrics.json").unlink()  # as if interrupted: a checkpoint, no metrics
     said.clear()
-    studies.run_study("tiny", TWO_RUNS, tmp_path, quick_env, echo=said.append)
+    studies.run_study("tiny", TWO_RUNS, tmp_path, study_env, echo=said.append)
     assert said[0] == "[1/2] tiny/seed0: done already, kept" and said[1].startswith("[2/2] tiny/seed1: running")
     assert (tmp_path / "seed1" / "metrics.json").is_file()
     assert made["seed0"] == (tmp_path / "seed0" / "metrics.json").stat().st_mtime_ns
@@ -42,7 +51,7 @@ def test_the_runner_runs_each_run_once_continues_and_names_a_failing_run(quick_e
     with pytest.raises(
         studies.StudyFailed, match=r"study tiny: run broken refused: test_size must be .*got 5 \(from study tiny\)"
     ):
-        studies.run_study("tiny", failing, tmp_path, quick_env, echo=said.append)
+        studies.run_study("tiny", failing, tmp_path, study_env, echo=said.append)
     assert made["seed0"] == (tmp_path / "seed0" / "metrics.json").stat().st_mtime_ns
 
 
@@ -122,13 +131,13 @@ def test_a_broken_metrics_json_in_a_study_is_named_by_the_tables_command(tmp_pat
 
 @pytest.mark.slow
 def test_a_longer_run_goes_on_from_a_shorter_runs_checkpoint_with_the_numbers_of_a_run_from_scratch(
-    quick_env, tmp_path
+    study_env, tmp_path
 ):
     said = []
     chain = {"short": {**SMALL, "epochs": 1}, "long": {**SMALL, "epochs": 2}}
-    studies.run_study("chain", chain, tmp_path / "study", quick_env, echo=said.append)
+    studies.run_study("chain", chain, tmp_path / "study", study_env, echo=said.append)
     assert "    continuing from short's checkpoint" in said
-    run_notebook({**QUICK, "data_dir": quick_env["VAE_DATA_DIR"]}, tmp_path / "scratch", epochs=2)
+    run_notebook({**QUICK, "data_dir": study_env["VAE_DATA_DIR"]}, tmp_path / "scratch", epochs=2)
     long, scratch = (
         torch.load(p / "checkpoint.pt", weights_only=True) for p in (tmp_path / "study/long", tmp_path / "scratch")
     )
@@ -146,3 +155,54 @@ def test_a_run_with_the_settings_of_a_finished_run_elsewhere_is_copied_not_run_a
     assert said == [f"[1/1] mine/copy: the same settings as {elsewhere}, copied from there"]
     assert (tmp_path / "mine" / "copy" / "metrics.json").read_text() == (elsewhere / "metrics.json").read_text()
     assert (tmp_path / "mine" / "copy" / "samples.png").read_bytes() == b"png"
+
+
+def test_a_study_refuses_the_variables_it_would_ignore_naming_them(tmp_path):
+    with pytest.raises(studies.StudyFailed, match=r"so VAE_EPOCHS would be ignored: unset it \(only VAE_DATA_DIR"):
+        studies.run_study("tiny", TWO_RUNS, tmp_path, {"VAE_EPOCHS": "1"}, echo=lambda line: None)
+    assert not tmp_path.joinpath("seed0").exists()
+
+
+def test_a_study_never_deletes_a_folder_another_process_writes_and_refuses_to_start(tmp_path):
+    folder = tmp_path / "seed1"
+    folder.mkdir()
+    (folder / "checkpoint.pt").write_bytes(b"half-written by the other run")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from harness import files; files.lock_folder(sys.argv[1]); "
+         "print(1, flush=True); time.sleep(60)", str(folder)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        with pytest.raises(
+            studies.StudyFailed, match=rf"study tiny cannot start: .*seed1 is in use by process {holder.pid}"
+        ):
+            studies.run_study("tiny", TWO_RUNS, tmp_path, {}, echo=lambda line: None)
+        assert (folder / "checkpoint.pt").read_bytes() == b"half-written by the other run"
+        assert not (tmp_path / "seed0").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_generated_blocks_are_made_anew_and_a_document_whose_markers_do_not_pair_is_refused():
+    made = {"main": "| a |"}
+    assert tables.with_tables("x <!-- table: main -->tampered<!-- end: main --> y", made) == (
+        "x <!-- table: main -->| a |<!-- end: main --> y"
+    )
+    nested = "<!-- table: main --><!-- table: b --><!-- end: b --><!-- end: main -->"
+    for broken in ("<!-- table: main --> no end", nested, "<!-- end: main --><!-- table: main -->"):
+        with pytest.raises(files.UnreadableRun, match="markers do not pair"):
+            tables.with_tables(broken, made, "README.md")
+    with pytest.raises(files.UnreadableRun, match="holds an HTML comment"):
+        tables.with_tables("<!-- table: main --><!-- end: main -->", {"main": "<!-- end: main -->injected"})
+
+
+def test_ctrl_c_during_tables_is_one_line(monkeypatch):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tables, "readme_tables", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        tables.main(["--write"])
+    assert str(stop.value).startswith("stopped (Ctrl-C)") and len(str(stop.value).splitlines()) == 1
