@@ -10,6 +10,7 @@
     python3 tasks.py lint            # ruff check and ruff format --check (the test command runs them too)
     python3 tasks.py format          # ruff format and ruff check --fix
     python3 tasks.py lab             # open the notebook in Jupyter
+    python3 tasks.py restore         # the committed notebook back, after experiments saved in Jupyter
 
 Settings come from VAE_* environment variables (docs/settings.md lists them): `VAE_EPOCHS=2 python3
 tasks.py run` is an experiment and writes to runs/<name>/, never to the committed notebook or results/.
@@ -103,6 +104,9 @@ def lint(args):
 
 def test(args):
     lint([])
+    record = subprocess.call([PYTHON, "-m", "harness.record"], cwd=REPO)  # one line, not four failed tests
+    if record:
+        sys.exit(record)
     if "--fast" in args:
         args = [a for a in args if a != "--fast"]
         sh(PYTHON, "-m", "pytest", "-m", "not slow", *args)
@@ -128,6 +132,13 @@ def format_(args):
     sh(PYTHON, "-m", "ruff", "check", "--fix", ".")
 
 
+def restore(args):
+    no_arguments("restore", args)
+    if subprocess.call(["git", "checkout", "--", "Variational_autoencoder.ipynb"], cwd=REPO):
+        sys.exit("error: git could not restore the notebook (is this a git checkout?)")
+    print("Variational_autoencoder.ipynb is the committed record again")
+
+
 def lab(args):
     sh(PYTHON, "-m", "jupyter", "lab", "Variational_autoencoder.ipynb", *args)
 
@@ -141,6 +152,7 @@ TASKS = {
     "bench": bench,
     "format": format_,
     "lab": lab,
+    "restore": restore,
     "setup": lambda args: no_arguments("setup", args),
 }
 

@@ -7,7 +7,7 @@ import nbformat
 import pytest
 
 from conftest import REPO, run_notebook
-from harness import settings
+from harness import record, settings
 from harness.settings import RECORD
 
 NOTEBOOK = REPO / "Variational_autoencoder.ipynb"
@@ -85,3 +85,16 @@ def test_the_committed_weights_of_each_studys_best_run_give_its_committed_test_l
     reproduced = json.loads((tmp_path / "run" / "metrics.json").read_text())["evaluation"]
     for key in ("test_loss", "test_recon", "test_kl", "active_units", "kl_per_dimension"):
         assert reproduced[key] == pytest.approx(committed[key], abs=0.01), key
+
+
+def test_a_notebook_saved_with_an_experiment_is_named_in_one_line_with_the_commands_that_restore_it(tmp_path):
+    nb = notebook()
+    (parameters,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    parameters.source = parameters.source.replace("epochs = 20", "epochs = 5")
+    code_cell = next(c for c in nb.cells if c.cell_type == "code" and c.get("id") == "train-loop")
+    code_cell.execution_count = 75  # a cell run again in Jupyter
+    nbformat.write(nb, tmp_path / "Variational_autoencoder.ipynb")
+    line = record.not_the_record(tmp_path / "Variational_autoencoder.ipynb")
+    assert line.startswith("Variational_autoencoder.ipynb holds an experiment (epochs = 5 instead of 20; outputs not")
+    assert "`python3 tasks.py restore`" in line and "`python3 tasks.py run`" in line and "\n" not in line
+    assert record.not_the_record() is None  # the committed notebook is the record
