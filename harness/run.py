@@ -61,7 +61,7 @@ class TrainingRun:
         self.settings, self.model, self.optimizer, self.generator = settings, model, optimizer, generator
         self.folder = REPO / settings.results_dir
         self.checkpoint = self.folder / "checkpoint.pt"
-        self.history, self.resumed, self.epoch = [], [], 0
+        self.history, self.resumed, self.epoch, self.show_history = [], [], 0, False
         self.trains = not settings.weights
         self.code = fingerprint.code_of()
         self.snapshot = self.state()
@@ -92,8 +92,7 @@ class TrainingRun:
                 print(f"resuming after epoch {run.epoch} from {run.checkpoint}")
             else:
                 print(f"the run in {settings.results_dir} is trained ({run.epoch} epochs): its checkpoint is loaded")
-            for row in run.history:  # the notebook reads as the run it loaded
-                print(epoch_line(row))
+                run.show_history = True  # the training cell shows the epochs it loaded, as the run printed them
         else:
             if settings.resume:
                 print(f"resume is set but there is no {run.checkpoint}: starting from scratch")
@@ -155,6 +154,10 @@ class TrainingRun:
         `model` and `optimizer` are the ones the training cell uses: they must be this run's.
         """
         self.check(model, optimizer)
+        if self.show_history:
+            self.show_history = False
+            for row in self.history:
+                print(epoch_line(row))
         return range(self.epoch + 1, self.settings.epochs + 1) if self.trains else range(0)
 
     @contextlib.contextmanager

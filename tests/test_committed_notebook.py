@@ -2,6 +2,8 @@
 and reads right where people read it (GitHub, nbviewer: no widgets)."""
 
 import json
+import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -98,3 +100,17 @@ def test_a_notebook_saved_with_an_experiment_is_named_in_one_line_with_the_comma
     assert line.startswith("Variational_autoencoder.ipynb holds an experiment (epochs = 5 instead of 20; outputs not")
     assert "`python3 tasks.py restore`" in line and "`python3 tasks.py run`" in line and "\n" not in line
     assert record.not_the_record() is None  # the committed notebook is the record
+
+
+def test_a_kernel_without_the_requirements_says_in_its_first_cell_which_kernel_to_choose():
+    imports = code_cells()[0].source
+    code = f"import sys\nsys.modules['matplotlib'] = None  # not installed\nexec({imports!r})"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    (line,) = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and "lacks matplotlib" in line and "which requirements.txt installs" in line
+    assert "`python3 tasks.py lab`" in line
+
+
+def test_the_notebook_names_the_kernel_as_jupyter_writes_it_so_opening_it_changes_nothing():
+    assert notebook().metadata.kernelspec == {"display_name": "Python 3 (ipykernel)", "language": "python",
+                                              "name": "python3"}  # fmt: skip

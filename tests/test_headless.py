@@ -20,6 +20,7 @@ import torch
 
 from conftest import REPO, run_notebook, tasks
 from harness import headless
+from harness.run import epoch_line
 
 pytestmark = pytest.mark.slow
 
@@ -288,9 +289,13 @@ def test_a_run_stopped_during_its_evaluation_is_evaluated_without_training_again
     os.killpg(run.pid, signal.SIGINT)
     _, err = run.communicate(timeout=60)
     assert run.returncode == 130 and "keeps all 2 epochs: run the same command again to evaluate it." in err
+    checkpoint = (results / "checkpoint.pt").read_bytes()
     again = tasks("run", env={**env, "VAE_RESULTS_DIR": str(results), "VAE_EPOCHS": "2", "VAE_IW_SAMPLES": "2"})
     assert again.returncode == 0, again.stderr
-    assert "is trained (2 epochs): its checkpoint is loaded" in again.stdout and "epoch  1" not in again.stdout
+    assert "is trained (2 epochs): its checkpoint is loaded" in again.stdout
+    assert (results / "checkpoint.pt").read_bytes() == checkpoint  # nothing trained again
+    shown = [line for line in again.stdout.splitlines() if line.startswith("epoch ")]  # the loaded run's lines
+    assert shown == [epoch_line(row) for row in torch.load(results / "checkpoint.pt", weights_only=True)["metrics"]]
     assert [row["epoch"] for row in json.loads((results / "metrics.json").read_text())["epochs"]] == [1, 2]
 
 
@@ -333,6 +338,7 @@ def test_an_edited_model_is_refused_in_the_old_runs_folder_and_an_edited_comment
     (cell,) = [c for c in commented.cells if c.get("id") == "vae-class"]
     cell.source = "# a comment, and a paragraph of prose: not the code\n" + cell.source
     commented.cells[0].source += "\n\nA paragraph more."
+    commented.metadata.kernelspec.name = "bare"  # another kernel chosen in the browser: this environment's runs it
     for nb, name in ((tanh, "tanh"), (commented, "commented")):
         nbformat.write(nb, tmp_path / f"{name}.ipynb")
     monkeypatch.setattr(headless, "NOTEBOOK", tmp_path / "tanh.ipynb")  # the notebook, edited
