@@ -2,11 +2,19 @@
 from a shorter run's checkpoint, names a failing run; summaries and README's tables come from the
 committed metrics.json files, and refuse a missing or broken one."""
 
+import contextlib
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
+import distributed
+import psutil
 import pytest
 import torch
 
@@ -206,3 +214,122 @@ def test_ctrl_c_during_tables_is_one_line(monkeypatch):
     with pytest.raises(SystemExit) as stop:
         tables.main(["--write"])
     assert str(stop.value).startswith("stopped (Ctrl-C)") and len(str(stop.value).splitlines()) == 1
+
+
+# ---- on a real Dask cluster ---------------------------------------------------------------------
+TINY = {"train_size": 384, "test_size": 64, "iw_samples": 2}
+CHAIN_AND_ONE = {
+    "short": {**TINY, "epochs": 1},
+    "long": {**TINY, "epochs": 2},
+    "other": {**TINY, "epochs": 1, "seed": 1},
+}
+
+
+@pytest.fixture()
+def dask_cluster(tmp_path):
+    """A real scheduler and two workers on 127.0.0.1, started with Dask's own command-line tools."""
+    dask, file = Path(sys.executable).parent / "dask", tmp_path / "scheduler.json"
+    env = {**without_settings(), "PYTHONPATH": str(REPO)}
+    scheduler = [dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", file]
+    started = [subprocess.Popen(scheduler, env=env, start_new_session=True, stderr=subprocess.DEVNULL)]
+    wait_until(file.exists)
+    address = json.loads(file.read_text())["address"]
+    for name in ("w0", "w1"):
+        started.append(subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--host",
+                                         "127.0.0.1", "--name", name], cwd=REPO, env=env, start_new_session=True,
+                                        stderr=subprocess.DEVNULL))  # fmt: skip
+    with distributed.Client(address) as client:
+        wait_until(lambda: len(client.scheduler_info()["workers"]) == 2)
+    yield address, started[1:]
+    for process in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_until(condition, seconds=120):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def runs_under(processes) -> list:
+    """The headless runs (and their kernels) that the workers' processes started."""
+    return [child for p in processes for child in psutil.Process(p.pid).children(recursive=True)
+            if any(word in " ".join(child.cmdline()) for word in ("harness.headless", "ipykernel"))]  # fmt: skip
+
+
+def the_numbers(folder) -> dict:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    rows = [{k: v for k, v in row.items() if k != "seconds"} for row in metrics["epochs"]]
+    return {"epochs": rows, "evaluation": metrics["evaluation"], "vae.pt": (folder / "vae.pt").read_bytes()}
+
+
+@pytest.mark.slow
+def test_a_study_on_two_workers_with_one_killed_mid_run_gives_the_numbers_of_one_machine(
+    dask_cluster, study_env, tmp_path
+):
+    address, workers = dask_cluster
+    said = []
+    studies.run_study("tiny", CHAIN_AND_ONE, tmp_path / "here", study_env, echo=said.append)  # the embedded cluster
+    assert any("on a local cluster of 1 worker" in line for line in said)
+    errors = []
+
+    def on_the_cluster():
+        try:
+            studies.run_study("tiny", CHAIN_AND_ONE, tmp_path / "there", study_env, echo=said.append, scheduler=address)
+        except Exception as error:  # noqa: BLE001 -- reported below
+            errors.append(error)
+
+    study = threading.Thread(target=on_the_cluster)
+    study.start()
+    wait_until(lambda: runs_under(workers))  # a run under way on a worker: its machine is lost
+    lost = next(w for w in workers if runs_under([w]))
+    os.killpg(lost.pid, signal.SIGKILL)
+    study.join(timeout=600)
+    assert not errors and not study.is_alive(), errors
+    for run in CHAIN_AND_ONE:
+        assert the_numbers(tmp_path / "there" / run) == the_numbers(tmp_path / "here" / run), run
+        assert not list((tmp_path / "there" / run).glob(".*.tmp"))
+    assert json.loads((tmp_path / "there" / "long" / "metrics.json").read_text())["resumed"][0]["after_epoch"] == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_study_stops_every_run_it_started_and_leaves_no_task_kernel_or_lock(dask_cluster, tmp_path):
+    address, workers = dask_cluster
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import sys\nfrom pathlib import Path\nfrom harness import studies\n"
+        f"studies.STUDIES['tiny'] = {CHAIN_AND_ONE!r}\nstudies.STUDY_RECORD = Path(sys.argv[1])\n"
+        "if __name__ == '__main__':\n    studies.main(['tiny', '--scheduler', sys.argv[2]])\n"
+    )
+    study = subprocess.Popen([sys.executable, driver, tmp_path / "study", address], cwd=REPO, text=True,
+                             env={**without_settings(), "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)  # fmt: skip
+    wait_until(lambda: runs_under(workers))
+    study.send_signal(signal.SIGINT)
+    _, err = study.communicate(timeout=120)
+    assert study.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("stopped (Ctrl-C) during study tiny")
+    wait_until(lambda: not runs_under(workers), 30)  # no run, no kernel outlives the study
+    with distributed.Client(address) as client:
+        assert not any(client.processing().values()), "a task outlived the study"
+    files.check_free(tmp_path / "study")  # nor its lock
+    for run in CHAIN_AND_ONE:
+        files.check_free(tmp_path / "study" / run)
+
+
+def test_a_worker_with_other_code_than_the_study_is_refused_naming_both():
+    other = {**fingerprint.code_of(), "fingerprint": "0123456789abcdef"}
+    other["parts"] = {**other["parts"], "vae_utils.py": "edited"}
+    with (
+        distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as local,
+        distributed.Client(local) as client,
+    ):
+        future = client.submit(studies.run_on_worker, "tiny", "short", {}, None, other, "stop-x")
+        with pytest.raises(
+            studies.StudyFailed,
+            match=r"has other code than the study \(.* there, 0123456789abcdef here; changed: vae_utils.py\)",
+        ):
+            future.result()
