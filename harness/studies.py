@@ -37,6 +37,7 @@ from harness.settings import (
     differences,
     from_environment,
     is_variable,
+    resolve,
     shown,
 )
 from vae_utils import atomic_path
@@ -117,6 +118,11 @@ def run_study(name, runs=None, root=None, environ=None, echo=None, scheduler=Non
         label = f"[{number}/{len(runs)}] {name}/{run}"
         same = None if is_complete(root / run, overrides) else same_run_elsewhere(overrides, root)
         if same is None and not is_complete(root / run, overrides):
+            try:  # every run's settings checked here, before any task starts
+                parameters = {**machine, **overrides, "results_dir": str(root / run)}
+                resolve(parameters, environ={}, claim_folder=False, source=f"study {name}")
+            except SettingsError as error:
+                raise StudyFailed(f"study {name}: run {run} refused: {error}") from None
             todo[run] = overrides
             continue
         if same is not None:
