@@ -1,16 +1,11 @@
-"""The VAE's maths and its pictures, shared by the notebook and the tests.
+"""The VAE's maths and its pictures, shared by the notebook and the tests: torch, torchvision and the
+standard library only (nothing of this repo, no settings, no network).
 
-* loss       -- `reconstruction_nll` and `kl_to_standard_normal`, the two terms of the negative
-                ELBO, and `vae_loss`, their sum over a batch (the KL weighted by `kl_weight`:
-                beta and warm-up); `iwae_loss`, the importance-weighted objective, from
-                `log_importance_weights`; `learning_rate`, Adam's rate in each epoch
-                (constant, or Burda et al.'s schedule).
+* loss       -- the two terms of the negative ELBO and `vae_loss`, their sum (the KL weighted by
+                `kl_weight`: beta, warm-up); `iwae_loss`; `learning_rate`, Adam's rate per epoch.
 * evaluation -- `importance_weighted_bound`, `active_units`, `kl_per_dimension`, `mean_and_stderr`.
-* pictures   -- `save_grid` (a grid of digits, via `torchvision.utils.save_image`) and
-                `save_figure`, both written through `atomic_path`: to a temporary file, then
-                renamed, so an interrupted run never leaves a half-written file.
-
-Torch, torchvision and the standard library only: nothing of this repo, no settings, no network.
+* pictures   -- `save_grid` and `save_figure`, written through `atomic_path` (a temporary file,
+                renamed), so an interrupted run never leaves a half-written file.
 """
 
 import contextlib
@@ -32,12 +27,8 @@ LR_SCHEDULES = ("constant", "burda")
 
 # ---- the loss --------------------------------------------------------------------------------
 def reconstruction_nll(logits, x, likelihood="bernoulli"):
-    """-log p(x | z) per pixel, from the decoder's logits (the images are sigmoid(logits)).
-
-    bernoulli / binarized: binary cross-entropy, -[x log x^ + (1 - x) log(1 - x^)];
-    continuous_bernoulli: the same plus the log-normaliser that makes it a density on [0, 1]
-    (Loaiza-Ganem & Cunningham 2019).
-    """
+    """-log p(x | z) per pixel, from the decoder's logits: binary cross-entropy (bernoulli, binarized), plus
+    the log-normaliser that makes it a density on [0, 1] for continuous_bernoulli (Loaiza-Ganem et al. 2019)."""
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}; got {likelihood!r}")
     if likelihood == "continuous_bernoulli":
@@ -51,11 +42,8 @@ def kl_to_standard_normal(mu, log_var):
 
 
 def vae_loss(logits, x, mu, log_var, likelihood="bernoulli", kl_weight=1.0):
-    """The negative ELBO summed over the batch, as `(total, reconstruction, kl)`.
-
-    `kl_weight` multiplies the KL term in `total`: `beta` of the beta-VAE, or the rising weight of a
-    KL warm-up. 1 is the ELBO itself (the spec).
-    """
+    """The negative ELBO summed over the batch, as `(total, reconstruction, kl)`; `kl_weight` multiplies the
+    KL term in `total` (beta, or a warm-up's rising weight; 1 is the ELBO itself, the spec)."""
     if logits.dim() != 2 or logits.shape != x.shape:
         raise ValueError(
             f"logits and x must both be (batch, pixels) and equal; got {tuple(logits.shape)} and "
@@ -72,11 +60,8 @@ def vae_loss(logits, x, mu, log_var, likelihood="bernoulli", kl_weight=1.0):
 
 
 def kl_weight(beta, warmup_epochs, progress):
-    """The KL term's weight after `progress` epochs of training (fractional: 2.5 is mid-epoch 3).
-
-    It rises linearly from 0 to `beta` over the first `warmup_epochs` (Bowman et al. 2016;
-    Sonderby et al. 2016), then stays at `beta` (Higgins et al. 2017). No warm-up: always `beta`.
-    """
+    """The KL weight after `progress` epochs (2.5 is mid-epoch 3): linearly from 0 to `beta` over the first
+    `warmup_epochs` (Bowman et al. 2016; Sonderby et al. 2016), then `beta` (Higgins et al. 2017)."""
     return beta if warmup_epochs == 0 else beta * min(1.0, progress / warmup_epochs)
 
 
@@ -98,10 +83,8 @@ def learning_rate(lr, schedule, epoch):
 
 
 def log_importance_weights(encode, decode_logits, x, k, likelihood="bernoulli", generator=None):
-    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for k draws z_i ~ q(z|x): a (k, batch) tensor.
-
-    The draws are reparameterised (z = mu + eps * sigma), so the weights carry gradients.
-    """
+    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for k reparameterised draws z_i ~ q(z|x), as a
+    (k, batch) tensor that carries gradients."""
     mu, log_var = encode(x)
     posterior = Normal(mu, torch.exp(0.5 * log_var))
     eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
@@ -112,23 +95,16 @@ def log_importance_weights(encode, decode_logits, x, k, likelihood="bernoulli", 
 
 
 def iwae_loss(encode, decode_logits, x, k, likelihood="bernoulli", generator=None):
-    """Burda et al.'s training objective: minus the k-sample importance-weighted bound, summed over the batch.
-
-    k = 1 is the ELBO with the KL estimated from the same draw (log q(z|x) - log p(z)) instead of
-    in closed form; larger k gives a tighter bound and a model with more active units.
-    """
+    """Burda et al.'s objective: minus the k-sample importance-weighted bound, summed over the batch (k = 1:
+    the ELBO with the KL estimated from the same draw instead of in closed form)."""
     log_w = log_importance_weights(encode, decode_logits, x, k, likelihood, generator)
     return -(torch.logsumexp(log_w, dim=0) - math.log(k)).sum()
 
 
 # ---- evaluation ------------------------------------------------------------------------------
 def importance_weighted_bound(encode, decode_logits, x, k, likelihood="bernoulli", generator=None, max_rows=4096):
-    """Per-image importance-weighted lower bound on log p(x) (Burda et al. 2015, eq. 8).
-
-    log p(x) >= log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x),  z_i ~ q(z|x).
-    k = 1 is the single-sample ELBO; the bound tightens as k grows. `max_rows` (images x k per
-    chunk) bounds the memory used.
-    """
+    """Per-image bound log p(x) >= log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x) (Burda et al. 2015, eq. 8);
+    k = 1 is the ELBO. `max_rows` (images x k per chunk) bounds the memory used."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     bound = torch.empty(len(x), device=x.device, dtype=x.dtype)
@@ -171,11 +147,8 @@ def manifold_grid(n=20):
 # ---- pictures, written safely ----------------------------------------------------------------
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
-
-    Temporary files that a killed earlier write of `path` left behind are removed first. A full
-    disk raises an `OSError` that names `path`.
-    """
+    """A temporary path next to `path`, renamed onto it if the block succeeds; a killed earlier write's
+    leftovers are removed first, and a full disk raises an `OSError` that names `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
@@ -197,10 +170,7 @@ def atomic_path(path):
 
 
 def save_grid(images: torch.Tensor, path, nrow: int = 8) -> Path:
-    """Save images (N x 784 or N x 1 x 28 x 28, values in [0, 1]) as one PNG grid.
-
-    Built on `torchvision.utils.save_image` (2-pixel padding: 64 images make 242 x 242 pixels).
-    """
+    """Images (N x 784 or N x 1 x 28 x 28, in [0, 1]) as one PNG grid, by `torchvision.utils.save_image`."""
     from torchvision.utils import save_image
 
     if images.dim() == 2 and images.shape[1] == IMAGE_SIZE:

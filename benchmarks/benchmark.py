@@ -1,4 +1,4 @@
-"""Training speed on this machine: a seed-style loop, this repo's notebook, and the GEMM floor.
+"""Training speed on this machine: a seed-style loop, this repo's notebook with each objective, and GEMM floors.
 
     python3 tasks.py bench                       # 3 rounds of 5 epochs each (about 5 minutes on 2 CPU cores)
     python3 tasks.py bench --rounds 5 --epochs 10
@@ -12,6 +12,9 @@
    preallocated operands: for each of the seven linear layers the forward product and the weight
    gradient, and the input gradient for every layer but the first (training never needs the
    gradient of the pixels). Its rate is compared with one large square GEMM, the machine's peak.
+4. IWAE with k = 5 and k = 50 (`objective = "iwae"`), the notebook again, on the first 16,384
+   images, each against its own GEMM floor: the encoder's products once per image, the decoder's
+   k times (k draws of z per image, decoded as one batch of k x 128 rows).
 
 Seconds per epoch are the median over epochs, the first excluded (warm-up). The contenders run in
 rounds, interleaved (ABAB...), so that each round's ratio compares neighbours in time on a machine
@@ -38,6 +41,9 @@ from harness.tables import BENCHMARK, benchmark_table
 RESULTS = BENCHMARK  # the figures of the last run, for README
 
 LAYERS = [(784, 512), (512, 256), (256, 20), (256, 20), (20, 256), (256, 512), (512, 784)]
+DECODER = 4  # LAYERS[DECODER:] are the decoder's: k rows per image with IWAE
+IWAE = {"this repo, IWAE k = 5": 5, "this repo, IWAE k = 50": 50}
+IWAE_IMAGES = 16_384
 
 
 class SeedVAE(nn.Module):
@@ -90,26 +96,29 @@ def seed_style(epochs, data_dir):
     return seconds, test_total / len(test)
 
 
-def this_repo(epochs, data_dir):
+def this_repo(epochs, data_dir, k=1):
     """The notebook itself, run headless (`headless.execute`) with these epochs into a temporary folder."""
     with tempfile.TemporaryDirectory() as results:
         parameters = {"epochs": epochs, "results_dir": results, "data_dir": str(data_dir), "iw_samples": 1}
+        if k > 1:
+            parameters.update(objective="iwae", train_samples=k, train_size=IWAE_IMAGES)
         started = time.perf_counter()
         headless.execute(parameters, echo=lambda text: None)
         wall = time.perf_counter() - started
         metrics = read_metrics(results)
     for row in metrics["epochs"]:
-        print(f"  this repo  epoch {row['epoch']}: {row['train_loss']:.2f} train loss, {row['seconds']:.2f} s")
+        print(f"  this repo (k = {k}) epoch {row['epoch']}: {row['train_loss']:.2f} train loss, {row['seconds']:.2f} s")
     return [row["seconds"] for row in metrics["epochs"]], metrics["test_loss"], wall
 
 
-def gemm_floor(n_train=60_000, batch=128):
+def gemm_floor(n_train=60_000, batch=128, k=1):
     sizes = [batch] * (n_train // batch) + ([n_train % batch] if n_train % batch else [])
+    rows = [lambda b: b] * DECODER + [lambda b: b * k] * (len(LAYERS) - DECODER)  # per layer, for a batch of b
     operands = {}
     for b in set(sizes):
         operands[b] = [
-            (torch.randn(b, i), torch.randn(o, i), torch.randn(b, o), torch.empty(b, o), torch.empty(b, i),
-             torch.empty(o, i), layer > 0)
+            (torch.randn(rows[layer](b), i), torch.randn(o, i), torch.randn(rows[layer](b), o),
+             torch.empty(rows[layer](b), o), torch.empty(rows[layer](b), i), torch.empty(o, i), layer > 0)
             for layer, (i, o) in enumerate(LAYERS)
         ]  # fmt: skip
 
@@ -134,7 +143,7 @@ def gemm_floor(n_train=60_000, batch=128):
     for _ in range(10):
         a @ b
     gflops = 10 * 2 * n**3 / (time.perf_counter() - started) / 1e9
-    flops = sum(2 * b * i * o * (3 if layer else 2) for b in sizes for layer, (i, o) in enumerate(LAYERS))
+    flops = sum(2 * rows[layer](b) * i * o * (3 if layer else 2) for b in sizes for layer, (i, o) in enumerate(LAYERS))
     return statistics.median(times), gflops, flops
 
 
@@ -155,20 +164,25 @@ def main():
         f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
     print(f"machine: {machine}; {args.rounds} rounds of {args.epochs} epochs each", flush=True)
-    rounds, losses = [], {"this repo": [], "seed-style baseline": []}
+    names = ["this repo", "seed-style baseline", *IWAE]
+    rounds, losses = [], {name: [] for name in names}
     for number in range(args.rounds):  # ABAB...: each round's ratio compares neighbours in time
         times = {}
         floor, peak, flops = gemm_floor()
         times["GEMM floor"] = floor
-        order = ("this repo", "seed-style baseline") if number % 2 == 0 else ("seed-style baseline", "this repo")
-        for name in order:
+        for name in names if number % 2 == 0 else names[::-1]:
             print(f"round {number + 1}: {name} ...", flush=True)
+            if name in IWAE:
+                times[f"GEMM floor, IWAE k = {IWAE[name]}"] = gemm_floor(IWAE_IMAGES, k=IWAE[name])[0]
             seconds, loss, *_ = (
-                this_repo(args.epochs, data_dir) if name == "this repo" else seed_style(args.epochs, data_dir)
+                this_repo(args.epochs, data_dir, IWAE.get(name, 1))
+                if name != "seed-style baseline"
+                else seed_style(args.epochs, data_dir)
             )
             times[name], losses[name] = statistics.median(seconds[1:]), [*losses[name], loss]
         times["peak_gflops"], times["floor_gflops"] = peak, flops / floor / 1e9
         rounds.append(times)
+    contenders = [*names[:2], "GEMM floor", *(x for name in IWAE for x in (name, f"GEMM floor, IWAE k = {IWAE[name]}"))]
     figures = {
         "machine": machine,
         "epochs": args.epochs,
@@ -177,9 +191,10 @@ def main():
         "contenders": {
             name: {
                 "seconds_per_epoch": statistics.median(r[name] for r in rounds),
+                "images": IWAE_IMAGES if "IWAE" in name else 60_000,
                 **({"test_loss": statistics.median(losses[name])} if name in losses else {}),
             }
-            for name in ("seed-style baseline", "this repo", "GEMM floor")
+            for name in contenders
         },
         "ratios": {
             "this repo is faster than the baseline by": spread(
@@ -188,6 +203,12 @@ def main():
             "this repo takes this many times the GEMM floor": spread(
                 [r["this repo"] / r["GEMM floor"] for r in rounds]
             ),
+            **{
+                f"IWAE k = {k} takes this many times its GEMM floor": spread(
+                    [r[name] / r[f"GEMM floor, IWAE k = {k}"] for r in rounds]
+                )
+                for name, k in IWAE.items()
+            },
             "the GEMM floor's share of peak GEMM": spread([r["floor_gflops"] / r["peak_gflops"] for r in rounds]),
         },
         "peak_gflops": statistics.median(r["peak_gflops"] for r in rounds),

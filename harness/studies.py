@@ -174,6 +174,8 @@ def run_on_cluster(name, runs, todo, root, machine, timings, echo, scheduler):
                     echo(f"{name}/{run}: finished on {worker} in {seconds:.0f} s, test loss {loss:.2f}")
                 if waiting:
                     echo(f"    {progress(client, futures, waiting, done)}")
+        except OSError as error:  # the scheduler went away: what came back is kept
+            raise StudyFailed(f"study {name}: the cluster went away ({error}); the same command goes on.") from None
         except KeyboardInterrupt as error:
             stop.set()  # every running task stops its run (its kernel is shut down), then the cluster goes
             distributed.wait(list(waiting.values()), timeout=60)
@@ -207,7 +209,14 @@ def cluster(scheduler=None):
 
     address = scheduler or dask.config.get("scheduler-address", None)
     if address:
-        with distributed.Client(address, timeout="30s") as client:
+        try:
+            client = distributed.Client(address, timeout="30s")
+        except (OSError, ValueError) as error:  # nothing answers there, or not an address
+            raise StudyFailed(
+                f"no Dask scheduler answers at {address} ({error}): start one (docs/studies.md), or leave "
+                "--scheduler and DASK_SCHEDULER_ADDRESS unset for the embedded local cluster."
+            ) from None
+        with client:
             yield client, f"the cluster at {address}"
         return
     gpus = torch.cuda.device_count()
