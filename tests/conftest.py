@@ -1,9 +1,12 @@
 """Shared fixtures. Tests never write into the repo: every run goes to a temporary folder."""
 
+import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import nbformat
@@ -114,3 +117,26 @@ def history_row(epoch, test_loss=1.5):
     """One epoch of a run's history, as `TrainingRun.record_epoch` writes it."""
     return {"epoch": epoch, "train_loss": test_loss, "test_loss": test_loss, "test_recon": test_loss, "test_kl": 0.0,
             "seconds": 0.1}  # fmt: skip
+
+
+@contextlib.contextmanager
+def holding_lock(folder):
+    """Another process that holds `folder`'s lock, as a run writing it would; yields that process."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from harness import files; files.lock_folder(sys.argv[1]); "
+         "print(1, flush=True); time.sleep(60)", str(folder)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def wait_until(condition, seconds=180):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)

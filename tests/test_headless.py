@@ -18,7 +18,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import REPO, run_notebook, tasks
+from conftest import REPO, run_notebook, tasks, wait_until
 from harness import headless
 from harness.run import epoch_line
 
@@ -206,13 +206,6 @@ def start(env, results, epochs="500"):
     return run
 
 
-def wait_for(condition, seconds=180):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
-
-
 def the_run(run) -> list:
     """The run's process and everything it started (the kernel among them)."""
     parent = psutil.Process(run.pid)
@@ -233,7 +226,7 @@ def test_every_way_to_stop_a_run_ends_all_of_it_keeps_the_checkpoint_and_says_so
 ):
     results = tmp_path / "run"
     run = start(quick_env, results)
-    wait_for(lambda: (results / "checkpoint.pt").exists())
+    wait_until(lambda: (results / "checkpoint.pt").exists())
     processes = the_run(run)
     assert any("ipykernel" in " ".join(p.cmdline()) for p in processes), "no kernel is running"
     if "alone" in how:
@@ -266,7 +259,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_process(quick_e
     results = tmp_path / "run"
     first = start(quick_env, results)
     try:
-        wait_for(lambda: (results / "checkpoint.pt").exists())
+        wait_until(lambda: (results / "checkpoint.pt").exists())
         second = tasks("run", env={**quick_env, "VAE_RESULTS_DIR": str(results), "VAE_EPOCHS": "500"})
         resumed = tasks(
             "run", env={**quick_env, "VAE_RESULTS_DIR": str(results), "VAE_EPOCHS": "500", "VAE_RESUME": "1"}
@@ -355,7 +348,7 @@ def test_an_edited_model_is_refused_in_the_old_runs_folder_and_an_edited_comment
 def test_a_kernel_that_dies_names_what_its_checkpoint_keeps_and_the_command_that_goes_on(quick_env, tmp_path):
     results = tmp_path / "run"
     run = start(quick_env, results)
-    wait_for(lambda: (results / "checkpoint.pt").exists())
+    wait_until(lambda: (results / "checkpoint.pt").exists())
     (kernel,) = [p for p in the_run(run) if "ipykernel" in " ".join(p.cmdline())]
     kernel.kill()  # as the kernel killed for memory would be
     out, err = run.communicate(timeout=60)

@@ -1,14 +1,13 @@
 """harness.settings: every setting checked before any work, a run's folder chosen by one rule, one
 writer per folder, and a folder that holds another run (or an unfinished one) never overwritten."""
 
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, checkpoint_state, claim, load
+from conftest import REPO, checkpoint_state, claim, holding_lock, load
 from harness import files, settings
 
 
@@ -195,18 +194,9 @@ def test_a_checkpoint_from_other_settings_or_past_the_epochs_is_refused(folder):
 
 
 def test_a_folder_in_use_by_another_process_is_refused_naming_it(folder):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from harness import files; files.lock_folder(sys.argv[1]); "
-         "print(1, flush=True); time.sleep(60)", folder["VAE_RESULTS_DIR"]],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "1"
-        with pytest.raises(settings.SettingsError, match=rf"is in use by process {holder.pid} \(.*python.*\)"):
-            claim(**folder)
-    finally:
-        holder.kill()
-        holder.wait()
+    with holding_lock(folder["VAE_RESULTS_DIR"]) as holder, pytest.raises(settings.SettingsError) as error:
+        claim(**folder)
+    assert re.search(rf"is in use by process {holder.pid} \(.*python.*\)", str(error.value))
     assert claim(**folder).results_dir == folder["VAE_RESULTS_DIR"]  # the OS released it: no stale lock
 
 

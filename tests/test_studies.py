@@ -10,7 +10,6 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import distributed
@@ -18,7 +17,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import QUICK, REPO, history_row, run_notebook, without_settings
+from conftest import QUICK, REPO, history_row, holding_lock, run_notebook, wait_until, without_settings
 from harness import files, fingerprint, studies, tables
 from harness.settings import SETTINGS
 
@@ -175,22 +174,16 @@ def test_a_study_never_deletes_a_folder_another_process_writes_and_refuses_to_st
     folder = tmp_path / "seed1"
     folder.mkdir()
     (folder / "checkpoint.pt").write_bytes(b"half-written by the other run")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from harness import files; files.lock_folder(sys.argv[1]); "
-         "print(1, flush=True); time.sleep(60)", str(folder)],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "1"
-        with pytest.raises(
-            studies.StudyFailed, match=rf"study tiny cannot start: .*seed1 is in use by process {holder.pid}"
-        ):
+    with holding_lock(folder) as holder:
+        with pytest.raises(studies.StudyFailed, match=rf"cannot start: .*seed1 is in use by process {holder.pid}"):
             studies.run_study("tiny", TWO_RUNS, tmp_path, {}, echo=lambda line: None)
         assert (folder / "checkpoint.pt").read_bytes() == b"half-written by the other run"
         assert not (tmp_path / "seed0").exists()
-    finally:
-        holder.kill()
-        holder.wait()
+
+
+def test_a_second_study_of_the_same_name_is_refused_while_the_first_runs(tmp_path):
+    with holding_lock(tmp_path) as holder, pytest.raises(studies.StudyFailed, match=rf"in use by process {holder.pid}"):
+        studies.run_study("tiny", TWO_RUNS, tmp_path, {}, echo=lambda line: None)
 
 
 def test_generated_blocks_are_made_anew_and_a_document_whose_markers_do_not_pair_is_refused():
@@ -245,13 +238,6 @@ def dask_cluster(tmp_path):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-
-
-def wait_until(condition, seconds=120):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def runs_under(processes) -> list:
