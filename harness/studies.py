@@ -3,32 +3,20 @@
     python3 tasks.py study NAME [--scheduler ADDRESS]   # run (or finish) a study, then rebuild its summary
     python3 tasks.py study NAME --summary               # rebuild the summary from the runs' metrics.json only
 
-By default the study starts an embedded `LocalCluster` and stops it at the end: one worker per GPU
-(each run sees only its worker's GPU), one worker on a machine without (so no two runs share the
-cores). `--scheduler ADDRESS`, or Dask's own DASK_SCHEDULER_ADDRESS, sends the runs to an existing
-cluster instead. Each run is a task; a run that goes on from a shorter run's checkpoint (a longer
-budget) depends on it. A worker runs `python -m harness.headless` in its own checkout, which must
-hold the study's code (the fingerprint of a run), into a temporary folder, and sends the run's files
-back: they are written into `results/studies/NAME/RUN/` here, atomically, under the folder's lock.
-Dask reruns a task whose worker died; a run that fails is named and the others go on. A run already
-finished with these settings is not run again, and one with the settings of a finished run elsewhere
-in `results/` is copied from it (the same settings give the same numbers, bit for bit).
+The plans, and what is left to run: a run already finished with these settings is not run again,
+and one with the settings of a finished run elsewhere in `results/` is copied from it (the same
+settings give the same numbers, bit for bit); each run's settings are checked before any work. The
+rest run on a Dask cluster (`harness.cluster`): an embedded local one by default, or any cluster by
+`--scheduler ADDRESS` (or DASK_SCHEDULER_ADDRESS).
 """
 
-import contextlib
-import json
-import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
-import time
-import uuid
 from pathlib import Path
 
-from harness import PREFIX, REPO, STOPS, files, fingerprint, headless
+from harness import PREFIX, STOPS, files, fingerprint, headless
 from harness.settings import (
     RECORD,
     SPEC,
@@ -36,11 +24,9 @@ from harness.settings import (
     SettingsError,
     differences,
     from_environment,
-    is_variable,
     resolve,
     shown,
 )
-from vae_utils import atomic_path
 
 BINARIZED = {"likelihood": "binarized", "iw_samples": 5000}  # the literature's setting and estimate
 STUDIES = {  # each study: its runs, each run the settings it changes from the spec
@@ -133,167 +119,10 @@ def run_study(name, runs=None, root=None, environ=None, echo=None, scheduler=Non
             f"{label}: " + (f"the same settings as {shown(same)}, copied from there" if same else "done already, kept")
         )
     if todo:
-        run_on_cluster(name, runs, todo, root, machine, timings, echo, scheduler)
+        from harness import cluster
+
+        cluster.run(name, runs, todo, root, machine, timings, echo, scheduler)
     return root
-
-
-def run_on_cluster(name, runs, todo, root, machine, timings, echo, scheduler):
-    """Submit `todo`'s runs as tasks (a chain's longer run after its shorter one), and keep what comes back."""
-    import distributed
-
-    code, failed, done = fingerprint.code_of(), {}, []
-    with cluster(scheduler) as (client, where):
-        echo(f"study {name}: {len(todo)} runs on {where}; Dask's dashboard: {client.dashboard_link}")
-        stop = distributed.Event(f"stop-{name}-{uuid.uuid4().hex[:8]}", client=client)
-        futures = {}
-        for run in sorted(todo, key=lambda r: {**SPEC, **todo[r]}["epochs"]):  # shorter runs first
-            start = shorter_run(runs, todo[run], root, futures)
-            if isinstance(start, Path):
-                start = client.scatter((start / "checkpoint.pt").read_bytes())
-            futures[run] = client.submit(
-                run_on_worker, name, run, {**machine, **todo[run]}, start, code, stop.name, key=f"{name}/{run}-"
-                f"{uuid.uuid4().hex[:8]}", pure=False, resources=None,
-            )  # fmt: skip
-        waiting = dict(futures)
-        try:
-            while waiting:
-                finished, _ = distributed.wait(list(waiting.values()), timeout=None, return_when="FIRST_COMPLETED")
-                for run in [r for r, f in waiting.items() if f in finished]:
-                    future = waiting.pop(run)
-                    try:
-                        made, seconds, worker = future.result()
-                    except Exception as error:  # noqa: BLE001 -- any failure of a run: named, the others go on
-                        failed[run] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
-                        echo(f"{name}/{run}: failed: {failed[run]}")
-                        continue
-                    keep(root / run, made)
-                    timings[run] = round(seconds, 1)
-                    files.write_json(root / "timings.json", timings)
-                    done.append(run)
-                    loss = files.read_metrics(root / run)["test_loss"]
-                    echo(f"{name}/{run}: finished on {worker} in {seconds:.0f} s, test loss {loss:.2f}")
-                if waiting:
-                    echo(f"    {progress(client, futures, waiting, done)}")
-        except OSError as error:  # the scheduler went away: what came back is kept
-            raise StudyFailed(f"study {name}: the cluster went away ({error}); the same command goes on.") from None
-        except KeyboardInterrupt as error:
-            stop.set()  # every running task stops its run (its kernel is shut down), then the cluster goes
-            distributed.wait(list(waiting.values()), timeout=60)
-            client.cancel(list(futures.values()))
-            code = getattr(error, "code", None) or 128 + getattr(error, "signum", signal.SIGINT)
-            finished = f"finished: {', '.join(done)}" if done else "no run had finished"
-            raise StudyStopped(
-                f"stopped ({STOPS.get(code - 128, 'Ctrl-C')}) during study {name}; {finished}", code
-            ) from None
-    if failed:
-        raise StudyFailed(
-            f"study {name}: {len(failed)} of {len(todo)} runs failed ("
-            + "; ".join(f"{run}: {why}" for run, why in failed.items())
-            + "). The others are kept; the same command runs the missing ones again."
-        )
-
-
-def progress(client, futures, waiting, done) -> str:
-    """Runs done, running (each with its worker) and waiting, from the scheduler's view."""
-    processing = {key: worker for worker, keys in client.processing().items() for key in keys}
-    running = [f"{run} on {processing[f.key]}" for run, f in waiting.items() if f.key in processing]
-    return f"{len(done)} done, running: {', '.join(running) or 'none'}, {len(waiting) - len(running)} waiting"
-
-
-@contextlib.contextmanager
-def cluster(scheduler=None):
-    """A client of the cluster at `scheduler` (or DASK_SCHEDULER_ADDRESS), or of an embedded local cluster."""
-    import dask
-    import distributed
-    import torch
-
-    address = scheduler or dask.config.get("scheduler-address", None)
-    if address:
-        try:
-            client = distributed.Client(address, timeout="30s")
-        except (OSError, ValueError) as error:  # nothing answers there, or not an address
-            raise StudyFailed(
-                f"no Dask scheduler answers at {address} ({error}): start one (docs/studies.md), or leave "
-                "--scheduler and DASK_SCHEDULER_ADDRESS unset for the embedded local cluster."
-            ) from None
-        with client:
-            yield client, f"the cluster at {address}"
-        return
-    gpus = torch.cuda.device_count()
-    with (
-        distributed.LocalCluster(n_workers=max(1, gpus), threads_per_worker=1, host="127.0.0.1",
-                                 dashboard_address="127.0.0.1:0", env={"VAE_STUDY_GPUS": str(gpus)},
-                                 silence_logs=logging.CRITICAL) as local,  # a failed run is named here, once
-        distributed.Client(local) as client,
-    ):  # fmt: skip
-        yield (
-            client,
-            f"a local cluster of {max(1, gpus)} worker{'s' if gpus > 1 else ''}"
-            + (", one per GPU" if gpus else " (no GPU: one run at a time)"),
-        )
-
-
-def run_on_worker(study, run, parameters, start, code, stop) -> tuple:
-    """On a worker: the run, headless, in this checkout into a temporary folder; its files, seconds, worker."""
-    import distributed
-
-    worker = distributed.get_worker()
-    changed = fingerprint.changes(code, fingerprint.code_of())
-    if changed:
-        raise StudyFailed(
-            f"worker {worker.address} has other code than the study ({fingerprint.code_of()['fingerprint']} there, "
-            f"{code['fingerprint']} here; changed: {'; '.join(changed)}): check out the study's commit there."
-        )
-    with tempfile.TemporaryDirectory(prefix=f"vae-{study}-{run}-") as tmp:
-        folder, log = Path(tmp) / "run", Path(tmp) / "log"
-        env = {k: v for k, v in os.environ.items() if not is_variable(k) and k != "VAE_STUDY_GPUS"}
-        env.update({f"{PREFIX}{k.upper()}": str(v) for k, v in parameters.items()}, VAE_RESULTS_DIR=str(folder))
-        if int(os.environ.get("VAE_STUDY_GPUS", "0")) > 1:  # the embedded cluster: one GPU per worker
-            env["CUDA_VISIBLE_DEVICES"] = str(worker.name)
-        if start is not None:
-            folder.mkdir()
-            (folder / "checkpoint.pt").write_bytes(start[0]["checkpoint.pt"] if isinstance(start, tuple) else start)
-            env["VAE_RESUME"] = "1"
-        started = time.perf_counter()
-        with open(log, "w") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "harness.headless"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent if sys.platform == "linux" else None,
-            )  # fmt: skip
-            stopping = distributed.Event(stop)
-            while process.poll() is None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=1)
-                if process.poll() is None and stopping.is_set():
-                    process.send_signal(signal.SIGINT)  # the run stops: its kernel is shut down
-                    process.wait()
-        if process.returncode:
-            raise StudyFailed(log.read_text().strip().splitlines()[-1] if log.read_text().strip() else "no output")
-        made = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
-        return made, time.perf_counter() - started, worker.address
-
-
-def die_with_parent():
-    """Linux: the run gets SIGTERM (and stops, in one line) when its worker dies, so no run outlives it."""
-    import ctypes
-
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def keep(folder: Path, made: dict):
-    """A run's files from its worker, written into `folder` atomically under the folder's lock."""
-    files.check_free(folder)
-    shutil.rmtree(folder, ignore_errors=True)  # a stopped run's leftovers: the finished run replaces them
-    files.lock_folder(folder, alone=False)
-    try:
-        metrics = json.loads(made["metrics.json"])
-        metrics["settings"]["results_dir"] = shown(folder)  # where the record is, not the worker's temporary folder
-        made = {**made, "metrics.json": (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode()}
-        for name, data in sorted(made.items(), key=lambda item: item[0] == "metrics.json"):  # the record last
-            with atomic_path(folder / name) as tmp:
-                tmp.write_bytes(data)
-    finally:
-        files.HELD.pop(folder.resolve()).release(force=True)
 
 
 def same_run_elsewhere(overrides: dict, root: Path):

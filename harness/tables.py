@@ -33,7 +33,7 @@ WALL_TIME = (
 )
 
 
-def seeds_table(runs: dict, minutes) -> str:
+def seeds_table(runs: dict) -> str:
     first = next(iter(runs.values()))
     k, latent = first["evaluation"]["iw_samples"], first["settings"]["latent_dim"]
     rows = [
@@ -77,7 +77,7 @@ def published_table(runs: dict) -> str:
     return "\n".join(lines)
 
 
-def latent_sizes_table(runs: dict, minutes) -> str:
+def latent_sizes_table(runs: dict) -> str:
     lines = [
         "| latent size | test loss | importance-weighted bound (k) | active units "
         "| KL per dimension, largest first (nats) |",
@@ -125,7 +125,7 @@ def timing_line(name) -> str:
     return f"{runs}, {sum(timings.values()) / 60:.0f} minutes of wall time"
 
 
-def beta_table(runs: dict, minutes) -> str:
+def beta_table(runs: dict) -> str:
     lines = [
         "| beta | distortion: test reconstruction | rate: test KL | test loss (beta = 1) "
         "| importance-weighted bound (k) | active units |",
@@ -181,11 +181,11 @@ def budget_table(runs: dict, minutes) -> str:
     return "\n".join(lines)
 
 
-SUMMARIES = {  # study -> (table, figure file and function)
-    "seeds": (seeds_table, "test_loss_by_seed.png", seeds_figure),
+SUMMARIES = {  # study -> (table of its runs and their minutes, figure file and function)
+    "seeds": (lambda runs, minutes: seeds_table(runs), "test_loss_by_seed.png", seeds_figure),
     "likelihoods": (lambda runs, minutes: likelihoods_table(runs) + "\n\n" + published_table(runs), None, None),
-    "latent_sizes": (latent_sizes_table, "latent_size.png", latent_sizes_figure),
-    "beta": (beta_table, "rate_distortion.png", beta_figure),
+    "latent_sizes": (lambda runs, minutes: latent_sizes_table(runs), "latent_size.png", latent_sizes_figure),
+    "beta": (lambda runs, minutes: beta_table(runs), "rate_distortion.png", beta_figure),
     "objectives": (objectives_table, None, None),
     "budget": (budget_table, "budget.png", budget_figure),
 }
@@ -206,7 +206,7 @@ def summarize(name, root=None) -> str:
         )
     runs = {p.parent.name: read_metrics(p.parent) for p in sorted(root.glob("*/metrics.json"))}
     runs = dict(sorted(runs.items(), key=lambda kv: planned.index(kv[0]) if kv[0] in planned else len(planned)))
-    table_of, figure, draw = SUMMARIES.get(name, (seeds_table, None, None))
+    table_of, figure, draw = SUMMARIES.get(name, SUMMARIES["seeds"])
     table = table_of(runs, load_timings(root))
     write_text(root / "summary.md", f"# Study `{name}`\n\n{table}\n")
     if figure:

@@ -22,7 +22,7 @@ QUICK = {"train_size": 1536, "test_size": 256, "iw_samples": 2}
 def pytest_configure(config):
     # The notebook under nbval (and every kernel a test starts) runs the spec's defaults; only the
     # data folder and the device may be chosen by the caller. Results go to a temporary folder.
-    for key in [k for k in os.environ if k.startswith("VAE_") and k not in ("VAE_DATA_DIR", "VAE_DEVICE")]:
+    for key in [k for k in os.environ if settings.is_variable(k) and k not in ("VAE_DATA_DIR", "VAE_DEVICE")]:
         del os.environ[key]
     os.environ["VAE_RESULTS_DIR"] = tempfile.mkdtemp(prefix="vae-test-results-")
 
@@ -59,7 +59,7 @@ def mnist_copy(mnist_root, tmp_path):
 
 
 def without_settings(environ=None) -> dict:
-    return {k: v for k, v in (os.environ if environ is None else environ).items() if not k.upper().startswith("VAE_")}
+    return {k: v for k, v in (os.environ if environ is None else environ).items() if not settings.is_variable(k)}
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 from conftest import REPO, run_notebook
-from harness import record, settings
+from harness import files, record, settings
 from harness.settings import RECORD
 
 NOTEBOOK = REPO / "Variational_autoencoder.ipynb"
@@ -114,3 +114,12 @@ def test_a_kernel_without_the_requirements_says_in_its_first_cell_which_kernel_t
 def test_the_notebook_names_the_kernel_as_jupyter_writes_it_so_opening_it_changes_nothing():
     assert notebook().metadata.kernelspec == {"display_name": "Python 3 (ipykernel)", "language": "python",
                                               "name": "python3"}  # fmt: skip
+
+
+def test_every_committed_record_is_whole_with_every_setting_of_the_code():
+    records = sorted(RECORD.glob("**/metrics.json"))
+    assert len(records) >= 26
+    for path in records:
+        metrics = files.read_metrics(path.parent)  # refuses a missing setting, a wrong type, a missing field
+        assert list(metrics["settings"]) == list(settings.SETTINGS), path
+        assert metrics["code"] is not None or "migrated" in metrics, path

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import QUICK, REPO, history_row, holding_lock, run_notebook, wait_until, without_settings
-from harness import files, fingerprint, studies, tables
+from harness import cluster, files, fingerprint, studies, tables
 from harness.settings import SETTINGS
 
 
@@ -313,7 +313,7 @@ def test_a_worker_with_other_code_than_the_study_is_refused_naming_both():
         distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as local,
         distributed.Client(local) as client,
     ):
-        future = client.submit(studies.run_on_worker, "tiny", "short", {}, None, other, "stop-x")
+        future = client.submit(cluster.run_on_worker, "tiny", "short", {}, None, other, "stop-x")
         with pytest.raises(
             studies.StudyFailed,
             match=r"has other code than the study \(.* there, 0123456789abcdef here; changed: vae_utils.py\)",
