@@ -47,10 +47,15 @@ def run(name, runs, todo, root, machine, timings, echo, scheduler):
                 run_on_worker, name, run, {**machine, **todo[run]}, start, code, stop.name, key=f"{name}/{run}-"
                 f"{uuid.uuid4().hex[:8]}", pure=False, resources=None,
             )  # fmt: skip
-        waiting = dict(futures)
+        waiting, every = dict(futures), 5  # seconds between two views of what runs where: soon, then every 5 minutes
         try:
             while waiting:
-                finished, _ = distributed.wait(list(waiting.values()), timeout=None, return_when="FIRST_COMPLETED")
+                try:
+                    finished, _ = distributed.wait(list(waiting.values()), timeout=every, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    echo(f"    {progress(client, futures, waiting, done)}")
+                    every = 300
+                    continue
                 for run in [r for r, f in waiting.items() if f in finished]:
                     future = waiting.pop(run)
                     try:

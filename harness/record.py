@@ -22,10 +22,13 @@ def not_the_record(path=NOTEBOOK) -> str | None:
     for cell in cells:
         tags = cell.get("metadata", {}).get("tags", [])
         if "parameters" in tags or "injected-parameters" in tags:
-            for statement in ast.parse("".join(cell["source"])).body:
-                name, value = statement.targets[0].id, ast.literal_eval(statement.value)
-                if name in SPEC and value != SPEC[name]:
-                    found.append(f"{name} = {value!r} instead of {SPEC[name]!r}")
+            try:
+                for statement in ast.parse("".join(cell["source"])).body:
+                    name, value = statement.targets[0].id, ast.literal_eval(statement.value)
+                    if name in SPEC and value != SPEC[name]:
+                        found.append(f"{name} = {value!r} instead of {SPEC[name]!r}")
+            except (SyntaxError, ValueError, AttributeError, IndexError):
+                found.append("a parameters cell that is not plain assignments of values")
     counts = [c.get("execution_count") for c in cells]
     errors = any(o.get("output_type") == "error" for c in cells for o in c.get("outputs", []))
     if counts != list(range(1, len(cells) + 1)) or errors:
