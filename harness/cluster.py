@@ -41,6 +41,9 @@ def run(name, runs, todo, root, machine, timings, echo, scheduler):
         futures = {}
         for run in sorted(todo, key=lambda r: {**SPEC, **todo[r]}["epochs"]):  # shorter runs first
             start = shorter_run(runs, todo[run], root, futures)
+            if start is not None:
+                shorter = start.name if isinstance(start, Path) else next(r for r, f in futures.items() if f is start)
+                echo(f"    {run}: continuing from {shorter}'s checkpoint")
             if isinstance(start, Path):
                 start = client.scatter((start / "checkpoint.pt").read_bytes())
             futures[run] = client.submit(

@@ -143,7 +143,7 @@ def test_a_longer_run_goes_on_from_a_shorter_runs_checkpoint_with_the_numbers_of
     said = []
     chain = {"short": {**SMALL, "epochs": 1}, "long": {**SMALL, "epochs": 2}}
     studies.run_study("chain", chain, tmp_path / "study", study_env, echo=said.append)
-    assert "    continuing from short's checkpoint" in said
+    assert "    long: continuing from short's checkpoint" in said
     run_notebook({**QUICK, "data_dir": study_env["VAE_DATA_DIR"]}, tmp_path / "scratch", epochs=2)
     long, scratch = (
         torch.load(p / "checkpoint.pt", weights_only=True) for p in (tmp_path / "study/long", tmp_path / "scratch")
