@@ -8,9 +8,14 @@ harness.headless` in its own checkout, which must hold the study's code (the fin
 into a temporary folder, and sends the run's files back: they are written into the study's folder
 here, atomically, under the run folder's lock. Dask reruns a task whose worker died; a run that
 fails is named and the others go on; a stop reaches every running run through a Dask `Event`.
+
+A run works in `runs/.studies/` of the worker's checkout, in a folder named for its settings and
+code, and checkpoints there every epoch: a stopped study (Ctrl-C, a dead worker, the end of a
+session) goes on from each run's last epoch when it is started again, not from the beginning.
 """
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -18,7 +23,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -47,8 +51,8 @@ def run(name, runs, todo, root, machine, timings, echo, scheduler):
             if isinstance(start, Path):
                 start = client.scatter((start / "checkpoint.pt").read_bytes())
             futures[run] = client.submit(
-                run_on_worker, name, run, {**machine, **todo[run]}, start, code, stop.name, key=f"{name}/{run}-"
-                f"{uuid.uuid4().hex[:8]}", pure=False, resources=None,
+                run_on_worker, name, shown(root), run, {**machine, **todo[run]}, start, code, stop.name,
+                key=f"{name}/{run}-{uuid.uuid4().hex[:8]}", pure=False, resources=None,
             )  # fmt: skip
         waiting, every = dict(futures), 5  # seconds between two views of what runs where: soon, then every 5 minutes
         try:
@@ -136,8 +140,8 @@ def cluster(scheduler=None):
         )
 
 
-def run_on_worker(study, run, parameters, start, code, stop) -> tuple:
-    """On a worker: the run, headless, in this checkout into a temporary folder; its files, seconds, worker."""
+def run_on_worker(study, where, run, parameters, start, code, stop) -> tuple:
+    """On a worker: the run, headless, in this checkout (in its `scratch` folder); its files, seconds, worker."""
     import distributed
 
     from harness.studies import StudyFailed
@@ -149,33 +153,65 @@ def run_on_worker(study, run, parameters, start, code, stop) -> tuple:
             f"worker {worker.address} has other code than the study ({fingerprint.code_of()['fingerprint']} there, "
             f"{code['fingerprint']} here; changed: {'; '.join(changed)}): check out the study's commit there."
         )
-    with tempfile.TemporaryDirectory(prefix=f"vae-{study}-{run}-") as tmp:
-        folder, log = Path(tmp) / "run", Path(tmp) / "log"
-        env = {k: v for k, v in os.environ.items() if not is_variable(k) and k != "VAE_STUDY_GPUS"}
-        env.update({f"{PREFIX}{k.upper()}": str(v) for k, v in parameters.items()}, VAE_RESULTS_DIR=str(folder))
-        if int(os.environ.get("VAE_STUDY_GPUS", "0")) > 1:  # the embedded cluster: one GPU per worker
-            env["CUDA_VISIBLE_DEVICES"] = str(worker.name)
-        if start is not None:
-            folder.mkdir()
-            (folder / "checkpoint.pt").write_bytes(start[0]["checkpoint.pt"] if isinstance(start, tuple) else start)
-            env["VAE_RESUME"] = "1"
-        started = time.perf_counter()
-        with open(log, "w") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "harness.headless"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent if sys.platform == "linux" else None,
-            )  # fmt: skip
-            stopping = distributed.Event(stop)
-            while process.poll() is None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=1)
-                if process.poll() is None and stopping.is_set():
-                    process.send_signal(signal.SIGINT)  # the run stops: its kernel is shut down
-                    process.wait()
-        if process.returncode:
-            raise StudyFailed(log.read_text().strip().splitlines()[-1] if log.read_text().strip() else "no output")
-        made = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
-        return made, time.perf_counter() - started, worker.address
+    folder = scratch(study, where, run, parameters, code)
+    wait_until_free(folder)  # a rerun after its worker died: the dying run lets go of its folder first
+    env = {k: v for k, v in os.environ.items() if not is_variable(k) and k != "VAE_STUDY_GPUS"}
+    env.update({f"{PREFIX}{k.upper()}": str(v) for k, v in parameters.items()}, VAE_RESULTS_DIR=str(folder))
+    if int(os.environ.get("VAE_STUDY_GPUS", "0")) > 1:  # the embedded cluster: one GPU per worker
+        env["CUDA_VISIBLE_DEVICES"] = str(worker.name)
+    if (folder / "checkpoint.pt").exists():  # this run's own, from before a stop: later than any start
+        env["VAE_RESUME"] = "1"
+    elif folder.exists():  # stopped before its first epoch: nothing to go on from
+        shutil.rmtree(folder)
+    elif start is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / "checkpoint.pt") as tmp:
+            tmp.write_bytes(start[0]["checkpoint.pt"] if isinstance(start, tuple) else start)
+        env["VAE_RESUME"] = "1"
+    started, log = time.perf_counter(), folder.with_name(folder.name + ".log")
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "harness.headless"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
+        )  # fmt: skip
+        stopping = distributed.Event(stop)
+        while process.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=1)
+            if process.poll() is None and stopping.is_set():
+                process.send_signal(signal.SIGINT)  # the run stops, its checkpoint kept: its kernel is shut down
+                process.wait()
+    if process.returncode:
+        raise StudyFailed(log.read_text().strip().splitlines()[-1] if log.read_text().strip() else "no output")
+    made = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+    shutil.rmtree(folder)
+    log.unlink()
+    return made, time.perf_counter() - started, worker.address
+
+
+def scratch(study, where, run, parameters, code) -> Path:
+    """The folder a run works in on this worker: one per study (and its folder `where`), run, settings and
+    code. The same run's folders of other settings or code are removed: they could never be continued."""
+    key = json.dumps([str(where), parameters, code["fingerprint"]], sort_keys=True)
+    folder = REPO / "runs" / ".studies" / f"{study}-{run}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f"{study}-{run}-" + "?" * 12):
+        if stale.is_dir() and stale != folder:
+            with contextlib.suppress(files.FolderInUse):
+                files.check_free(stale)
+                shutil.rmtree(stale, ignore_errors=True)
+                stale.with_name(stale.name + ".log").unlink(missing_ok=True)
+    return folder
+
+
+def wait_until_free(folder: Path, seconds=120):
+    """Wait while another process holds the folder's lock; then `FolderInUse` says which process."""
+    for _ in range(seconds):
+        try:
+            return files.check_free(folder)
+        except files.FolderInUse:
+            time.sleep(1)
+    files.check_free(folder)
 
 
 def die_with_parent():

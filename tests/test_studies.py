@@ -5,6 +5,7 @@ committed metrics.json files, and refuse a missing or broken one."""
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -281,19 +282,32 @@ def test_a_study_on_two_workers_with_one_killed_mid_run_gives_the_numbers_of_one
     assert json.loads((tmp_path / "there" / "long" / "metrics.json").read_text())["resumed"][0]["after_epoch"] == 1
 
 
+STOPPABLE = {**CHAIN_AND_ONE, "other": {**TINY, "train_size": 2048, "epochs": 30, "seed": 1}}
+
+
+def scratch_checkpoint(run):
+    """The checkpoint a run of study tiny keeps in its worker's scratch folder (runs/.studies/), or None."""
+    found = sorted(REPO.glob(f"runs/.studies/tiny-{run}-????????????/checkpoint.pt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
 @pytest.mark.slow
-def test_ctrl_c_on_a_study_stops_every_run_it_started_and_leaves_no_task_kernel_or_lock(dask_cluster, tmp_path):
+def test_ctrl_c_on_a_study_stops_every_run_it_started_and_leaves_no_task_kernel_or_lock(
+    dask_cluster, study_env, tmp_path
+):
     address, workers = dask_cluster
     driver = tmp_path / "driver.py"
     driver.write_text(
         "import sys\nfrom pathlib import Path\nfrom harness import studies\n"
-        f"studies.STUDIES['tiny'] = {CHAIN_AND_ONE!r}\nstudies.STUDY_RECORD = Path(sys.argv[1])\n"
+        f"studies.STUDIES['tiny'] = {STOPPABLE!r}\nstudies.STUDY_RECORD = Path(sys.argv[1])\n"
         "if __name__ == '__main__':\n    studies.main(['tiny', '--scheduler', sys.argv[2]])\n"
     )
+    for old in REPO.glob("runs/.studies/tiny-other-*"):  # an earlier test's leftovers are not this one's
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
     study = subprocess.Popen([sys.executable, driver, tmp_path / "study", address], cwd=REPO, text=True,
-                             env={**without_settings(), "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                             env={**study_env, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)  # fmt: skip
-    wait_until(lambda: runs_under(workers))
+    wait_until(lambda: scratch_checkpoint("other"), 300)  # run "other" has finished an epoch, of 30
     study.send_signal(signal.SIGINT)
     _, err = study.communicate(timeout=120)
     assert study.returncode == 130 and "Traceback" not in err, err
@@ -301,9 +315,16 @@ def test_ctrl_c_on_a_study_stops_every_run_it_started_and_leaves_no_task_kernel_
     wait_until(lambda: not runs_under(workers), 30)  # no run, no kernel outlives the study
     with distributed.Client(address) as client:
         assert not any(client.processing().values()), "a task outlived the study"
-    files.check_free(tmp_path / "study")  # nor its lock
-    for run in CHAIN_AND_ONE:
-        files.check_free(tmp_path / "study" / run)
+    files.check_free(tmp_path / "study" / "tiny")  # nor its lock
+    for run in STOPPABLE:
+        files.check_free(tmp_path / "study" / "tiny" / run)
+
+    kept = files.load_checkpoint(scratch_checkpoint("other"))["epoch"]  # the stop kept the last whole epoch
+    assert 1 <= kept < 30
+    studies.run_study("tiny", STOPPABLE, tmp_path / "study" / "tiny", study_env, echo=lambda line: None)
+    metrics = json.loads((tmp_path / "study" / "tiny" / "other" / "metrics.json").read_text())
+    assert [r["after_epoch"] for r in metrics["resumed"]] == [kept] and len(metrics["epochs"]) == 30
+    assert scratch_checkpoint("other") is None  # a finished run's scratch folder is gone
 
 
 def test_a_worker_with_other_code_than_the_study_is_refused_naming_both():
@@ -313,7 +334,7 @@ def test_a_worker_with_other_code_than_the_study_is_refused_naming_both():
         distributed.LocalCluster(n_workers=1, processes=False, dashboard_address=None) as local,
         distributed.Client(local) as client,
     ):
-        future = client.submit(cluster.run_on_worker, "tiny", "short", {}, None, other, "stop-x")
+        future = client.submit(cluster.run_on_worker, "tiny", "study", "short", {}, None, other, "stop-x")
         with pytest.raises(
             studies.StudyFailed,
             match=r"has other code than the study \(.* there, 0123456789abcdef here; changed: vae_utils.py\)",
