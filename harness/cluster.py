@@ -99,9 +99,13 @@ def run(name, runs, todo, root, machine, timings, echo, scheduler):
 
 
 def progress(client, futures, waiting, done) -> str:
-    """Runs done, running (each with its worker) and waiting, from the scheduler's view."""
-    processing = {key: worker for worker, keys in client.processing().items() for key in keys}
-    running = [f"{run} on {processing[f.key]}" for run, f in waiting.items() if f.key in processing]
+    """Runs done, running (each with its worker: what it executes, not what it has queued) and waiting."""
+    try:
+        executing = client.run(lambda dask_worker: [task.key for task in dask_worker.state.executing])
+    except OSError:  # a worker went away as it was asked: the scheduler's view of what it holds
+        executing = {worker: list(keys) for worker, keys in client.processing().items()}
+    where = {key: worker for worker, keys in executing.items() for key in keys}
+    running = [f"{run} on {where[f.key]}" for run, f in waiting.items() if f.key in where]
     return f"{len(done)} done, running: {', '.join(running) or 'none'}, {len(waiting) - len(running)} waiting"
 
 
@@ -140,6 +144,11 @@ def cluster(scheduler=None):
         )
 
 
+# Dask's nanny limits its worker's own threads to one each (distributed.nanny.pre-spawn-environ); the run is
+# the one heavy process of its worker and takes every core torch sees, as `tasks.py run` would.
+DASK_LIMITS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def run_on_worker(study, where, run, parameters, start, code, stop) -> tuple:
     """On a worker: the run, headless, in this checkout (in its `scratch` folder); its files, seconds, worker."""
     import distributed
@@ -155,7 +164,7 @@ def run_on_worker(study, where, run, parameters, start, code, stop) -> tuple:
         )
     folder = scratch(study, where, run, parameters, code)
     wait_until_free(folder)  # a rerun after its worker died: the dying run lets go of its folder first
-    env = {k: v for k, v in os.environ.items() if not is_variable(k) and k != "VAE_STUDY_GPUS"}
+    env = {k: v for k, v in os.environ.items() if not is_variable(k) and k not in ("VAE_STUDY_GPUS", *DASK_LIMITS)}
     env.update({f"{PREFIX}{k.upper()}": str(v) for k, v in parameters.items()}, VAE_RESULTS_DIR=str(folder))
     if int(os.environ.get("VAE_STUDY_GPUS", "0")) > 1:  # the embedded cluster: one GPU per worker
         env["CUDA_VISIBLE_DEVICES"] = str(worker.name)

@@ -1,5 +1,6 @@
 """The studies' figures, drawn from metrics.json files alone (and a run's samples.png)."""
 
+import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -11,6 +12,45 @@ from vae_utils import save_figure
 
 # Burda et al. 2016, table 1, one stochastic layer: (objective, k) -> (-log p(x), active units)
 BURDA = {("elbo", 1): (86.76, 19), ("iwae", 5): (85.54, 22), ("iwae", 50): (84.78, 25)}
+
+
+def objective_label(settings) -> str:
+    label = "ELBO" if settings["objective"] == "elbo" else f"IWAE, k = {settings['train_samples']}"
+    return label + (f", KL warm-up over {settings['kl_warmup']} epochs" if settings["kl_warmup"] else "")
+
+
+def by_row(runs: dict) -> list:
+    """The runs grouped into rows of the same settings but the seed, in the study's order: (names, records)."""
+    rows = {}
+    for run, m in runs.items():
+        key = json.dumps({k: v for k, v in m["settings"].items() if k not in ("seed", "results_dir")}, sort_keys=True)
+        rows.setdefault(key, ([], []))
+        rows[key][0].append(run)
+        rows[key][1].append(m)
+    return list(rows.values())
+
+
+def seeded_figure(runs: dict, path: Path):
+    """-log p(x) of every seed of every row, with the row's mean and one sd, beside Burda et al.'s number."""
+    rows = by_row(runs)
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.7 * len(rows)))
+    for y, (_, records) in enumerate(rows):
+        values = np.array([-m["evaluation"]["iw_bound"] for m in records])
+        sd = values.std(ddof=1) if len(values) > 1 else 0.0
+        ax.errorbar(
+            values.mean(), y, xerr=sd, fmt="|", ms=14, color="C0", capsize=4, label="mean ± 1 sd" if not y else None
+        )
+        ax.plot(values, [y] * len(values), "o", color="C0", alpha=0.5, label="one seed" if not y else None)
+        s = records[0]["settings"]
+        published = BURDA.get((s["objective"], s["train_samples"])) if not s["kl_warmup"] else None
+        if published:
+            ax.plot(published[0], y, "x", color="grey", label="Burda et al. 2016" if y == 0 else None)
+    ax.set_yticks(range(len(rows)), [objective_label(records[0]["settings"]) for _, records in rows])
+    ax.invert_yaxis()
+    ax.set(xlabel="test -log p(x), k = 5000 (nats per image)", title="each seed, and the spread over seeds")
+    ax.legend(fontsize=8, loc="best")
+    save_figure(fig, path)
+    plt.close(fig)
 
 
 def seeds_figure(runs: dict, path: Path):

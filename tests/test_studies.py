@@ -40,6 +40,7 @@ def test_the_runner_runs_each_run_once_continues_and_names_a_failing_run(study_e
     for run in TWO_RUNS:
         metrics = json.loads((tmp_path / run / "metrics.json").read_text())
         assert metrics["settings"]["seed"] == TWO_RUNS[run]["seed"] and len(metrics["epochs"]) == 1
+        assert metrics["provenance"]["threads"] == torch.get_num_threads()  # not Dask's one thread per worker
     assert set(json.loads((tmp_path / "timings.json").read_text())) == {"seed0", "seed1"}
 
     made = {run: (tmp_path / run / "metrics.json").stat().st_mtime_ns for run in TWO_RUNS}
