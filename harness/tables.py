@@ -319,24 +319,31 @@ def costs_table(figures: dict) -> str:
 
 
 def headline(folder=STUDY_RECORD) -> str:
-    """README's sentence on binarised MNIST: the spec's objective at 20 epochs, and the best any study reached."""
+    """README's sentence on binarised MNIST: the spec's objective at 20 epochs, and the best any study reached,
+    each a row's mean over its seeds (± their sd) or, for a row of one run, its number ± the standard error."""
     found = []
-    for study in ("objectives", "budget"):
-        for run in STUDIES[study]:
-            if (folder / study / run / "metrics.json").exists():
-                m = read_metrics(folder / study / run)
-                s, e = m["settings"], m["evaluation"]
-                how = f"IWAE k = {s['train_samples']}" if s["objective"] == "iwae" else "the ELBO"
-                how += f" with a {s['kl_warmup']}-epoch KL warm-up" if s["kl_warmup"] else ""
-                how += " on Burda et al.'s rate schedule" if scheduled(m) else ""
-                found.append((-e["iw_bound"], e["iw_bound_se"], f"{how}, {s['epochs']} epochs"))
+    for study in ("objectives", "budget", "burda540"):
+        done = {
+            r: read_metrics(folder / study / r)
+            for r in STUDIES[study]
+            if (folder / study / r / "metrics.json").exists()
+        }
+        for _, records in by_row({run: m for run, m in done.items() if m["finished"]}):
+            s = records[0]["settings"]
+            how = f"IWAE k = {s['train_samples']}" if s["objective"] == "iwae" else "the ELBO"
+            how += f" with a {s['kl_warmup']}-epoch KL warm-up" if s["kl_warmup"] else ""
+            how += " on Burda et al.'s rate schedule" if scheduled(records[0]) else ""
+            mean, sd = spread([nll(m) for m in records])
+            spread_of = f"sd over {len(records)} seeds" if len(records) > 1 else "one seed, se over test images"
+            found.append((mean, sd if len(records) > 1 else records[0]["evaluation"]["iw_bound_se"], spread_of,
+                          f"{how}, {s['epochs']} epochs"))  # fmt: skip
     if not found:
         return "(the objectives and budget studies are not run yet)"
-    spec_like = next((f for f in found if f[2] == "the ELBO, 20 epochs"), found[0])
+    spec_like = next((f for f in found if f[3] == "the ELBO, 20 epochs"), found[0])
     best = min(found)
-    text = f"**{spec_like[0]:.2f} ± {spec_like[1]:.2f} nats** ({spec_like[2]})"
+    text = f"**{spec_like[0]:.2f} ± {spec_like[1]:.2f} nats** ({spec_like[2]}; {spec_like[3]})"
     if best != spec_like:
-        text += f" and **{best[0]:.2f} ± {best[1]:.2f}** at best ({best[2]}),"
+        text += f" and **{best[0]:.2f} ± {best[1]:.2f}** at best ({best[2]}; {best[3]}),"
     return text
 
 

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import distributed
+import numpy as np
 import psutil
 import pytest
 import torch
@@ -64,12 +65,14 @@ def test_the_runner_runs_each_run_once_continues_and_names_a_failing_run(study_e
     assert made["seed0"] == (tmp_path / "seed0" / "metrics.json").stat().st_mtime_ns
 
 
-def constructed_run(folder, seed, test_loss, iw_bound, active, latent_dim=20):
+def constructed_run(folder, seed, test_loss, iw_bound, active, latent_dim=20, **overrides):
     epochs = [history_row(e, test_loss + 10 / e) for e in (1, 2, 3)]
     epochs[-1]["test_loss"] = test_loss
     settings = {**{name: s.default for name, s in SETTINGS.items()}, "seed": seed, "latent_dim": latent_dim}
+    settings.update(overrides)
     evaluation = {
         "iw_bound": iw_bound,
+        "iw_bound_se": 0.25,
         "iw_samples": 50,
         "active_units": active,
         "kl_per_dimension": [0.5] * latent_dim,
@@ -98,6 +101,25 @@ def test_the_seeds_summary_gives_the_mean_and_sample_standard_deviation(tmp_path
     assert f"| importance-weighted bound, k = 50 | -97.00 | {statistics.stdev(bounds):.2f} |" in table
     assert "| active units (of 20) | 12.0 | 0.7 |" in table
     assert (tmp_path / "test_loss_by_seed.png").is_file() and (tmp_path / "summary.md").read_text().count("|") > 10
+
+
+def test_the_objectives_summary_gives_each_rows_mean_and_sd_over_seeds_and_which_differences_exceed_them(
+    tmp_path,
+):
+    nll = {"elbo": [94.1, 94.6, 93.9], "elbo_warmup": [91.5, 91.2, 91.9], "iwae5": [89.9, 90.4, 89.5],
+           "iwae50": [89.6, 89.0, 90.1]}  # fmt: skip
+    for run, settings in studies.STUDIES["objectives"].items():
+        row, seed = run.split("_seed")[0], settings.get("seed", 0)
+        overrides = {k: v for k, v in settings.items() if k != "seed"}
+        constructed_run(tmp_path / run, seed, nll[row][seed] + 5, -nll[row][seed], 12, **overrides)
+    table = tables.summarize("objectives", tmp_path)
+    for row, label in (("elbo", "ELBO"), ("iwae50", "IWAE, k = 50")):
+        mean, sd = np.mean(nll[row]), np.std(nll[row], ddof=1)  # numpy as the oracle: the sample sd
+        assert f"| {label} | 0, 1, 2 | {mean:.2f} ± {sd:.2f} | 0.25 | {mean + 5:.2f} ± {sd:.2f} |" in table
+    finding = {line.split(" | ")[0]: line.split(" | ")[-1] for line in table.splitlines() if ", minus " in line}
+    assert finding["| ELBO, minus ELBO, KL warm-up over 10 epochs"] == "yes: more than twice its sd |"
+    assert finding["| IWAE, k = 5, minus IWAE, k = 50"] == "no: within twice its sd |"  # 0.37 apart, sd 0.43
+    assert (tmp_path / "objectives.png").is_file()
 
 
 def test_the_latent_sizes_summary_orders_by_size_and_draws_its_figure(tmp_path):
