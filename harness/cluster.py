@@ -157,7 +157,9 @@ def run_on_worker(study, where, run, parameters, start, code, stop) -> tuple:
 
     from harness.studies import StudyFailed
 
-    worker = distributed.get_worker()
+    worker, stopping = distributed.get_worker(), distributed.Event(stop)
+    if stopping.is_set():  # queued on the worker when the study stopped: nothing is started
+        raise StudyFailed("the study was stopped before this run started")
     changed = fingerprint.changes(code, fingerprint.code_of())
     if changed:
         raise StudyFailed(
@@ -185,7 +187,6 @@ def run_on_worker(study, where, run, parameters, start, code, stop) -> tuple:
             [sys.executable, "-m", "harness.headless"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )  # fmt: skip
-        stopping = distributed.Event(stop)
         while process.poll() is None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=1)
