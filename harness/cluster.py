@@ -43,16 +43,17 @@ def run(name, runs, todo, root, machine, timings, echo, scheduler):
         echo(f"study {name}: {len(todo)} runs on {where}; Dask's dashboard: {client.dashboard_link}")
         stop = distributed.Event(f"stop-{name}-{uuid.uuid4().hex[:8]}", client=client)
         futures = {}
-        for run in sorted(todo, key=lambda r: {**SPEC, **todo[r]}["epochs"]):  # shorter runs first
+        order = sorted(todo, key=lambda r: {**SPEC, **todo[r]}["epochs"])  # shorter runs first, then the plan's order
+        for position, run in enumerate(order):
             start = shorter_run(runs, todo[run], root, futures)
             if start is not None:
                 shorter = start.name if isinstance(start, Path) else next(r for r, f in futures.items() if f is start)
                 echo(f"    {run}: continuing from {shorter}'s checkpoint")
             if isinstance(start, Path):
                 start = client.scatter((start / "checkpoint.pt").read_bytes())
-            futures[run] = client.submit(
+            futures[run] = client.submit(  # Dask starts the highest priority first; by itself it keeps no order
                 run_on_worker, name, shown(root), run, {**machine, **todo[run]}, start, code, stop.name,
-                key=f"{name}/{run}-{uuid.uuid4().hex[:8]}", pure=False, resources=None,
+                key=f"{name}/{run}-{uuid.uuid4().hex[:8]}", pure=False, priority=len(order) - position,
             )  # fmt: skip
         waiting, every = dict(futures), 5  # seconds between two views of what runs where: soon, then every 5 minutes
         try:
