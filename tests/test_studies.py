@@ -43,6 +43,8 @@ def test_the_runner_runs_each_run_once_continues_and_names_a_failing_run(study_e
         assert metrics["settings"]["seed"] == TWO_RUNS[run]["seed"] and len(metrics["epochs"]) == 1
         assert metrics["provenance"]["threads"] == torch.get_num_threads()  # not Dask's one thread per worker
     assert set(json.loads((tmp_path / "timings.json").read_text())) == {"seed0", "seed1"}
+    finished = [line.split(":")[0] for line in said if ": finished on " in line]
+    assert finished == ["tiny/seed0", "tiny/seed1"]  # in the plan's order, on the one worker
 
     made = {run: (tmp_path / run / "metrics.json").stat().st_mtime_ns for run in TWO_RUNS}
     said.clear()
