@@ -1,6 +1,6 @@
 """Training speed on this machine: a seed-style loop, this repo's notebook with each objective, and GEMM floors.
 
-    python3 tasks.py bench                       # 3 rounds of 5 epochs each (about 5 minutes on 2 CPU cores)
+    python3 tasks.py bench                       # 3 rounds of 5 epochs each (about 17 minutes on 2 CPU cores)
     python3 tasks.py bench --rounds 5 --epochs 10
     (or: .venv/bin/python -m benchmarks.benchmark, from the repo)
 
