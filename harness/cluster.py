@@ -132,17 +132,22 @@ def cluster(scheduler=None):
             yield client, f"the cluster at {address}"
         return
     gpus = torch.cuda.device_count()
-    with (
-        distributed.LocalCluster(n_workers=max(1, gpus), threads_per_worker=1, host="127.0.0.1",
-                                 dashboard_address="127.0.0.1:0", env={"VAE_STUDY_GPUS": str(gpus)},
-                                 silence_logs=logging.CRITICAL) as local,  # a failed run is named here, once
-        distributed.Client(local) as client,
-    ):  # fmt: skip
-        yield (
-            client,
-            f"a local cluster of {max(1, gpus)} worker{'s' if gpus > 1 else ''}"
-            + (", one per GPU" if gpus else " (no GPU: one run at a time)"),
-        )
+    before = {name: os.environ.get(name) for name in DASK_ENVIRON}  # the nanny sets them in this process too
+    try:
+        with (
+            distributed.LocalCluster(n_workers=max(1, gpus), threads_per_worker=1, host="127.0.0.1",
+                                     dashboard_address="127.0.0.1:0", env={"VAE_STUDY_GPUS": str(gpus)},
+                                     silence_logs=logging.CRITICAL) as local,  # a failed run is named here, once
+            distributed.Client(local) as client,
+        ):  # fmt: skip
+            yield (
+                client,
+                f"a local cluster of {max(1, gpus)} worker{'s' if gpus > 1 else ''}"
+                + (", one per GPU" if gpus else " (no GPU: one run at a time)"),
+            )
+    finally:  # as it was: a run started later from this process gets every core
+        for name, value in before.items():
+            os.environ.pop(name, None) if value is None else os.environ.update({name: value})
 
 
 # What Dask's nanny sets for its worker's own process (distributed.nanny.pre-spawn-environ): one thread for
