@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.image import imread
 from matplotlib.ticker import MaxNLocator
 
+from harness.settings import SPEC
 from vae_utils import save_figure
 
 # Burda et al. 2016, table 1, one stochastic layer: (objective, k) -> (-log p(x), active units)
@@ -20,10 +21,11 @@ def objective_label(settings) -> str:
 
 
 def by_row(runs: dict) -> list:
-    """The runs grouped into rows of the same settings but the seed, in the study's order: (names, records)."""
+    """The runs grouped into rows of the same settings but the seed (of those that change the numbers: not the
+    machine's, nor the folders), in the study's order: (names, records)."""
     rows = {}
     for run, m in runs.items():
-        key = json.dumps({k: v for k, v in m["settings"].items() if k not in ("seed", "results_dir")}, sort_keys=True)
+        key = json.dumps({k: m["settings"][k] for k in SPEC if k != "seed"}, sort_keys=True)
         rows.setdefault(key, ([], []))
         rows[key][0].append(run)
         rows[key][1].append(m)
