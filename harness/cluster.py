@@ -5,8 +5,8 @@ run sees only its worker's GPU), one worker on a machine without (so no two runs
 An address sends the runs to an existing cluster instead. Each run is a task; a run that goes on
 from a shorter run's checkpoint (a longer budget) depends on it. A worker runs `python -m
 harness.headless` in its own checkout, which must hold the study's code (the fingerprint of a run),
-into a temporary folder, and sends the run's files back: they are written into the study's folder
-here, atomically, under the run folder's lock. Dask reruns a task whose worker died; a run that
+into a folder of that checkout's `runs/.studies/`, and sends the run's files back: they are written
+into the study's folder here, atomically, under the run folder's lock. Dask reruns a task whose worker died; a run that
 fails is named and the others go on; a stop reaches every running run through a Dask `Event`.
 
 A run works in `runs/.studies/` of the worker's checkout, in a folder named for its settings and
@@ -28,7 +28,8 @@ import uuid
 from pathlib import Path
 
 from harness import PREFIX, REPO, STOPS, files, fingerprint
-from harness.settings import SPEC, is_variable, shown
+from harness.folders import shown
+from harness.settings import SPEC, is_variable
 from vae_utils import atomic_path
 
 
@@ -166,10 +167,11 @@ def run_on_worker(study, where, run, parameters, start, code, stop) -> tuple:
     worker, stopping = distributed.get_worker(), distributed.Event(stop)
     if stopping.is_set():  # queued on the worker when the study stopped: nothing is started
         raise StudyFailed("the study was stopped before this run started")
-    changed = fingerprint.changes(code, fingerprint.code_of())
+    here = fingerprint.code_of()
+    changed = fingerprint.changes(code, here)
     if changed:
         raise StudyFailed(
-            f"worker {worker.address} has other code than the study ({fingerprint.code_of()['fingerprint']} there, "
+            f"worker {worker.address} has other code than the study ({here['fingerprint']} there, "
             f"{code['fingerprint']} here; changed: {'; '.join(changed)}): check out the study's commit there."
         )
     folder = scratch(study, where, run, parameters, code)
@@ -246,7 +248,7 @@ def keep(folder: Path, made: dict):
     files.lock_folder(folder, alone=False)
     try:
         metrics = json.loads(made["metrics.json"])
-        metrics["settings"]["results_dir"] = shown(folder)  # where the record is, not the worker's temporary folder
+        metrics["settings"]["results_dir"] = shown(folder)  # where the record is, not the worker's scratch folder
         made = {**made, "metrics.json": (json.dumps(metrics, indent=2, allow_nan=False) + "\n").encode()}
         for name, data in sorted(made.items(), key=lambda item: item[0] == "metrics.json"):  # the record last
             with atomic_path(folder / name) as tmp:

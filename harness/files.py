@@ -150,7 +150,7 @@ def load_checkpoint(path, model=None) -> dict:
 
     Raises `CheckpointError`, stating the reason, when the file cannot be read, is not a checkpoint
     of this notebook (keys, types), or holds another model (with `model`: names or shapes differ).
-    Whether its settings fit the run is `settings.check_folder`'s question.
+    Whether its settings fit the run is `folders.check_folder`'s question.
     """
     state = safe_load(path, f"the checkpoint {path}")
     if not isinstance(state, dict):

@@ -39,10 +39,10 @@ import nbformat
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from harness import files, settings
+from harness import files, folders, settings
 from vae_utils import atomic_path
 
-FAILED_SPEC_RUN = settings.RUNS / "failed-spec-run.ipynb"
+FAILED_SPEC_RUN = folders.RUNS / "failed-spec-run.ipynb"
 EXIT_SETTINGS, EXIT_FAILED = 2, 1
 STOPPED = {"KeyboardInterrupt", "RunStopped"}  # what a cell raises when the kernel is interrupted
 
@@ -152,7 +152,7 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
     echo = echo or to_stdout
     resolved = settings.resolve(parameters, environ={}, claim_folder=False, source=source)
     folder = REPO / resolved.results_dir
-    spec_run = folder == settings.RECORD
+    spec_run = folder == folders.RECORD
     given = {k: v for k, v in parameters.items() if k not in ("name", "results_dir")}
     kernel_env = {k: v for k, v in (os.environ if environ is None else environ).items() if not settings.is_variable(k)}
     kernel_env["JPY_SESSION_NAME"] = str(NOTEBOOK)  # the notebook the kernel runs, as Jupyter names it

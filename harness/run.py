@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from harness import REPO, files, fingerprint
-from harness.settings import RECORD, inside
+from harness.folders import RECORD, inside
 
 IGNORED_ON_RESUME = {"resume", "results_dir", "name"}
 fingerprint.watch_kernel()  # imported by the notebook's first cell: from then on the kernel notes each cell's code
@@ -84,7 +84,7 @@ class TrainingRun:
             print(f"no training: evaluating the weights in {settings.weights} ({run.weights_from['said']})")
         elif run.made_by_other_code(state or previous):
             print(f"training from scratch: {settings.epochs} epochs; {run.why_afresh}")
-        elif state is not None:  # settings.check_folder allowed it: finished, or resume
+        elif state is not None:  # folders.check_folder allowed it: finished, or resume
             run.restore(state)
             if run.epoch < settings.epochs:
                 changed = resume_changes(state["settings"], settings)

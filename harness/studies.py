@@ -17,16 +17,8 @@ import sys
 from pathlib import Path
 
 from harness import PREFIX, STOPS, files, fingerprint, headless
-from harness.settings import (
-    RECORD,
-    SPEC,
-    STUDY_RECORD,
-    SettingsError,
-    differences,
-    from_environment,
-    resolve,
-    shown,
-)
+from harness.folders import RECORD, STUDY_RECORD, shown
+from harness.settings import SPEC, SettingsError, differences, from_environment, resolve
 
 BINARIZED = {"likelihood": "binarized", "iw_samples": 5000}  # the literature's setting and estimate
 OBJECTIVES = {"elbo": {}, "elbo_warmup": {"kl_warmup": 10}, "iwae5": {"objective": "iwae", "train_samples": 5},
@@ -87,7 +79,7 @@ def is_complete(folder: Path, overrides: dict) -> bool:
 
 def run_study(name, runs=None, root=None, environ=None, echo=None, scheduler=None) -> Path:
     """Run every run of study `name` that is not complete yet on a Dask cluster, and write what comes back."""
-    from harness import tables
+    from harness import summaries
 
     runs = STUDIES[name] if runs is None else runs
     echo = echo or (lambda line: print(line, flush=True))
@@ -109,7 +101,7 @@ def run_study(name, runs=None, root=None, environ=None, echo=None, scheduler=Non
             files.check_free(root / run)
     except files.FolderInUse as error:
         raise StudyFailed(f"study {name} cannot start: {error}") from None
-    timings, todo = tables.load_timings(root), {}
+    timings, todo = summaries.load_timings(root), {}
     for number, (run, overrides) in enumerate(runs.items(), start=1):
         label = f"[{number}/{len(runs)}] {name}/{run}"
         same = None if is_complete(root / run, overrides) else same_run_elsewhere(overrides, root)
@@ -123,7 +115,7 @@ def run_study(name, runs=None, root=None, environ=None, echo=None, scheduler=Non
             continue
         if same is not None:
             copy_run(same, root / run)
-            timings[run] = tables.load_timings(same.parent).get(same.name, 0.0)
+            timings[run] = summaries.load_timings(same.parent).get(same.name, 0.0)
             files.write_json(root / "timings.json", timings)
         echo(
             f"{label}: " + (f"the same settings as {shown(same)}, copied from there" if same else "done already, kept")
@@ -185,7 +177,7 @@ def main(argv):
         signal.signal(signum, headless.raise_stopped)
     if not argv or argv[0] not in STUDIES:
         sys.exit(f"error: {'no study named ' + repr(argv[0]) if argv else 'which study?'}. {USAGE}")
-    from harness import tables
+    from harness import summaries
 
     name, options = argv[0], argv[1:]
     if not (options in ([], ["--summary"]) or (len(options) == 2 and options[0] == "--scheduler")):
@@ -193,7 +185,7 @@ def main(argv):
     try:
         if options != ["--summary"]:
             run_study(name, scheduler=options[1] if options else None)
-        print(tables.summarize(name))
+        print(summaries.summarize(name))
     except (StudyFailed, SettingsError, files.UnreadableRun) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt as error:

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO, run_notebook
 from harness import files, record, settings
-from harness.settings import RECORD
+from harness.folders import RECORD
 
 NOTEBOOK = REPO / "Variational_autoencoder.ipynb"
 RESULTS = RECORD

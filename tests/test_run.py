@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from conftest import checkpoint_state, load
-from harness import files, settings
+from harness import files, folders, settings
 from harness import run as training
 
 
 def test_the_advice_after_a_diverged_run_is_accepted(tmp_path, monkeypatch):
-    monkeypatch.setattr(settings, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(folders, "RUNS", tmp_path / "runs")
     diverged = load(VAE_LR="0.005")
     checkpoint = Path(diverged.results_dir) / "checkpoint.pt"
     files.save_checkpoint(checkpoint, checkpoint_state(diverged, epoch=2))  # diverged at epoch 3

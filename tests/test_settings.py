@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import REPO, checkpoint_state, claim, holding_lock, load
-from harness import files, settings
+from harness import files, folders, settings
 
 
 @pytest.fixture()
@@ -251,7 +251,7 @@ def test_a_name_that_leads_through_a_symlink_into_the_repository_is_refused(tmp_
     runs = tmp_path / "runs"
     runs.mkdir()
     (runs / "link").symlink_to(REPO / target)
-    monkeypatch.setattr(settings, "RUNS", runs)
+    monkeypatch.setattr(folders, "RUNS", runs)
     with pytest.raises(settings.SettingsError, match="inside the repository a run writes only under runs/"):
         load(VAE_NAME="link", VAE_SEED="2")
     (tmp_path / "outside").mkdir()

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import QUICK, REPO, history_row, holding_lock, run_notebook, wait_until, without_settings
-from harness import cluster, files, fingerprint, studies, tables
+from harness import cluster, files, fingerprint, studies, summaries, tables
 from harness.settings import SETTINGS
 
 
@@ -98,7 +98,7 @@ def test_the_seeds_summary_gives_the_mean_and_sample_standard_deviation(tmp_path
     )
     for seed in range(5):
         constructed_run(tmp_path / f"seed{seed}", seed, losses[seed], bounds[seed], active[seed])
-    table = tables.summarize("seeds", tmp_path)
+    table = summaries.summarize("seeds", tmp_path)
     assert f"| test loss (negative ELBO) | 102.00 | {statistics.stdev(losses):.2f} |" in table  # 1.58: n - 1
     assert f"| importance-weighted bound, k = 50 | -97.00 | {statistics.stdev(bounds):.2f} |" in table
     assert "| active units (of 20) | 12.0 | 0.7 |" in table
@@ -114,7 +114,7 @@ def test_the_objectives_summary_gives_each_rows_mean_and_sd_over_seeds_and_which
         row, seed = run.split("_seed")[0], settings.get("seed", 0)
         overrides = {k: v for k, v in settings.items() if k != "seed"}
         constructed_run(tmp_path / run, seed, nll[row][seed] + 5, -nll[row][seed], 12, **overrides)
-    table = tables.summarize("objectives", tmp_path)
+    table = summaries.summarize("objectives", tmp_path)
     for row, label in (("elbo", "ELBO"), ("iwae50", "IWAE, k = 50")):
         mean, sd = np.mean(nll[row]), np.std(nll[row], ddof=1)  # numpy as the oracle: the sample sd
         assert f"| {label} | 0, 1, 2 | {mean:.2f} ± {sd:.2f} | 0.25 | {mean + 5:.2f} ± {sd:.2f} |" in table
@@ -127,7 +127,7 @@ def test_the_objectives_summary_gives_each_rows_mean_and_sd_over_seeds_and_which
 def test_the_latent_sizes_summary_orders_by_size_and_draws_its_figure(tmp_path):
     for size, loss in ((20, 100.5), (2, 140.0), (50, 100.9), (5, 110.0), (10, 102.0)):
         constructed_run(tmp_path / f"latent{size}", 0, loss, -loss + 3, min(size, 12), latent_dim=size)
-    rows = [line for line in tables.summarize("latent_sizes", tmp_path).splitlines() if line[2:3].isdigit()]
+    rows = [line for line in summaries.summarize("latent_sizes", tmp_path).splitlines() if line[2:3].isdigit()]
     assert [row.split("|")[1].strip() for row in rows] == ["2", "5", "10", "20", "50"]
     assert "… (8 more)" in rows[-2] and "… (38 more)" in rows[-1]
     assert (tmp_path / "latent_size.png").is_file()
@@ -146,7 +146,7 @@ def test_a_summary_over_fewer_runs_than_the_study_defines_is_refused_and_not_wri
     for seed in (0, 1, 2, 4):  # seed3 missing
         constructed_run(tmp_path / f"seed{seed}", seed, 100.0 + seed, -97.0, 12)
     with pytest.raises(files.UnreadableRun, match=r"seed3/metrics.json is missing \(1 of 5 runs not done\)"):
-        tables.summarize("seeds", tmp_path)
+        summaries.summarize("seeds", tmp_path)
     assert not (tmp_path / "summary.md").exists()
 
 
