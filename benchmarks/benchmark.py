@@ -23,7 +23,6 @@ whose speed drifts; the table gives each ratio's median and its range over the r
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -36,6 +35,7 @@ from torchvision import datasets, transforms
 
 from harness import REPO, headless, mnist
 from harness.files import read_metrics, write_json
+from harness.run import cpu_name
 from harness.tables import BENCHMARK, benchmark_table
 
 RESULTS = BENCHMARK  # the figures of the last run, for README
@@ -160,9 +160,7 @@ def main():
     if args.epochs < 2 or args.rounds < 1:
         parser.error("--epochs must be at least 2 (the first epoch is warm-up) and --rounds at least 1")
     data_dir = mnist.ensure_mnist(args.data_dir)
-    machine = (
-        f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    )
+    machine = f"{cpu_name()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, torch {torch.__version__}"
     print(f"machine: {machine}; {args.rounds} rounds of {args.epochs} epochs each", flush=True)
     names = ["this repo", "seed-style baseline", *IWAE]
     rounds, losses = [], {name: [] for name in names}

@@ -102,6 +102,7 @@ CHECKPOINT_TYPES = {
     "rng": torch.Tensor,
     "resumed": list,
     "code": dict | type(None),  # None: made before runs recorded their code
+    "machine": dict | type(None),  # None: made before checkpoints recorded their machine
 }
 RNG = {len(torch.Generator().get_state()), 16}  # the bytes of a CPU generator's state, and of CUDA's
 
@@ -156,6 +157,7 @@ def load_checkpoint(path, model=None) -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a checkpoint of this notebook: it holds a {type(state).__name__}.")
     state.setdefault("code", None)
+    state.setdefault("machine", None)
     wrong = [
         f"{key} (expected {getattr(kind, '__name__', 'dict')}, found {type(state.get(key)).__name__})"
         for key, kind in CHECKPOINT_TYPES.items()

@@ -88,6 +88,13 @@ class TrainingRun:
             run.restore(state)
             if run.epoch < settings.epochs:
                 changed = resume_changes(state["settings"], settings)
+                before, now = state.get("machine"), machine_of(model)
+                if before is not None and before != now:  # its numbers agree with an uninterrupted run's only
+                    changed["machine"] = [before, now]  # to float rounding: the record says so
+                    elsewhere = "; ".join(f"{k}: {before.get(k)!r} there, {v!r} now" for k, v in now.items()
+                                          if before.get(k) != v)  # fmt: skip
+                    print(f"note: epochs 1 to {run.epoch} ran on another machine ({elsewhere}); "
+                          "the record's `resumed` says so")  # fmt: skip
                 run.resumed = [*state["resumed"], {"after_epoch": run.epoch, "changed": changed}]
                 print(f"resuming after epoch {run.epoch} from {run.checkpoint}")
             else:
@@ -138,6 +145,7 @@ class TrainingRun:
             "rng": self.generator.get_state(),
             "resumed": self.resumed,
             "code": self.code,
+            "machine": machine_of(self.model),  # where the epochs so far ran (another thread count rounds otherwise)
         }
         return copy.deepcopy(state)
 
@@ -248,6 +256,20 @@ def resume_changes(saved: dict, settings) -> dict:
 
 
 # ---- provenance ------------------------------------------------------------------------------
+def machine_of(model) -> dict:
+    """What a run's numbers depend on besides its settings and code: the device, the CPU and its threads."""
+    return {"device": str(next(model.parameters()).device), "cpu": cpu_name(), "threads": torch.get_num_threads()}
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux's /proc/cpuinfo), else what `platform` knows (often only x86_64)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def git(*args):
     """(output, None) or (None, the reason git could not answer)."""
     try:
@@ -278,7 +300,7 @@ def provenance(device, results) -> dict:
         dirty = None if changes is None else bool(changes)
     facts = {
         "device": str(device),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -286,6 +308,8 @@ def provenance(device, results) -> dict:
         "git_commit": commit,
         "git_dirty": dirty,
     }
+    if torch.device(device).type == "cuda":  # runs on different GPUs belong in separate rows: name it
+        facts["gpu"] = torch.cuda.get_device_name(torch.device(device))
     if reason:
         facts["git_unknown"] = reason
     return facts

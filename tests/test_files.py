@@ -49,6 +49,7 @@ def wrong_checkpoints(tmp_path, marker):
         "epoch as text": ({**good, "epoch": "3"}, "wrong epoch (expected int, found str)"),
         "model not tensors": ({**good, "model": {"weight": [1.0]}}, "wrong model (not all tensors)"),
         "metrics of another length": ({**good, "metrics": []}, "epoch 3 with 0 epochs of metrics"),
+        "machine as text": ({**good, "machine": "cpu"}, "wrong machine (expected dict, found str)"),
     }
     for name, (content, reason) in cases.items():
         path = tmp_path / f"{name}.pt"

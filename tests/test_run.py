@@ -91,6 +91,22 @@ def test_a_failure_inside_also_goes_back_and_the_checkpoint_holds_the_last_good_
     assert files.load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
 
 
+def test_a_run_resumed_on_another_machine_says_so_in_its_record(tmp_path, capsys):
+    run = tiny_run(tmp_path)
+    run.record_epoch(1, step(run), (1.0, 1.0, 0.0), 0.0)
+    state = files.load_checkpoint(tmp_path / "checkpoint.pt")
+    here = {"device": "cpu", "cpu": training.cpu_name(), "threads": torch.get_num_threads()}
+    assert state["machine"] == here
+    elsewhere = {**here, "threads": here["threads"] + 7}  # another thread count rounds otherwise
+    files.save_checkpoint(tmp_path / "checkpoint.pt", {**state, "machine": elsewhere})
+    resumed = tiny_run(tmp_path)
+    assert resumed.resumed == [{"after_epoch": 1, "changed": {"machine": [elsewhere, here]}}]
+    said = capsys.readouterr().out
+    assert f"epochs 1 to 1 ran on another machine (threads: {here['threads'] + 7} there, {here['threads']} now)" in said
+    files.save_checkpoint(tmp_path / "checkpoint.pt", state)  # the same machine: nothing to say
+    assert tiny_run(tmp_path).resumed == [{"after_epoch": 1, "changed": {}}]
+
+
 def test_the_record_holds_the_history_the_evaluation_and_the_weights_beside_it(tmp_path):
     run = tiny_run(tmp_path, epochs=1)
     run.record_epoch(1, step(run), (1.0, 0.5, 0.5), 0.1)
