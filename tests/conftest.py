@@ -13,7 +13,7 @@ import nbformat
 import pytest
 import torch
 
-from harness import REPO, fingerprint, headless, mnist, settings
+from harness import REPO, files, fingerprint, headless, mnist, settings
 
 # Small notebook runs: a subset of MNIST, a cheap bound. Enough to exercise every cell.
 QUICK = {"train_size": 1536, "test_size": 256, "iw_samples": 2}
@@ -90,6 +90,13 @@ def tasks(*args, env, cwd=REPO, timeout=900):
     return subprocess.run(
         ["python3", "tasks.py", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    """A run folder's settings (VAE_RESULTS_DIR), and this process's folder locks given up afterwards."""
+    yield {"VAE_RESULTS_DIR": str(tmp_path / "run")}
+    files.release_folders()
 
 
 def load(**environ):

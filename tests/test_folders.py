@@ -1,0 +1,144 @@
+"""harness.folders: a run's folder chosen by one rule, one writer per folder, and a folder that holds
+another run (or an unfinished one, or files no run made) never overwritten."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, checkpoint_state, claim, holding_lock, load
+from harness import files, folders, settings
+
+
+# ---- where a run writes ------------------------------------------------------------------------
+def test_an_experiment_gets_a_folder_of_its_own_named_from_its_settings():
+    assert load(VAE_EPOCHS="2", VAE_TRAIN_SIZE="1024").results_dir == "runs/epochs=2,train_size=1024"
+    iwae = load(VAE_OBJECTIVE="iwae", VAE_TRAIN_SAMPLES="5", VAE_LIKELIHOOD="binarized")
+    assert iwae.results_dir == "runs/likelihood=binarized,objective=iwae,train_samples=5"
+    assert load(VAE_EPOCHS="2", VAE_NAME="short").results_dir == "runs/short"
+    assert load(VAE_DEVICE="cpu").results_dir == "results"  # the device changes no setting of the spec
+    long = load(VAE_EPOCHS="3", VAE_LR="0.002", VAE_BATCH_SIZE="64", VAE_LATENT_DIM="7", VAE_BETA="3.5",
+                VAE_KL_WARMUP="2", VAE_TRAIN_SIZE="1000", VAE_TEST_SIZE="500", VAE_SEED="123456789")  # fmt: skip
+    assert len(Path(long.results_dir).name) <= 100
+
+
+@pytest.mark.parametrize(
+    "where",
+    [".", "./", "results", "results/", "results/figures", "results/studies", "results/studies/seeds",
+     "results/studies/seeds/seed9", "tests", "README.md", "runs", "docs/../results"],
+)  # fmt: skip
+def test_an_experiment_writes_only_under_runs_or_outside_the_repository(where):
+    with pytest.raises(settings.SettingsError) as error:
+        load(VAE_EPOCHS="2", VAE_RESULTS_DIR=str(REPO / where))
+    assert "inside the repository a run writes only under runs/" in str(error.value)
+    assert "runs/epochs=2/" in str(error.value)
+
+
+def test_a_study_run_may_write_its_own_folder_and_nothing_else():
+    assert load(VAE_SEED="1", VAE_RESULTS_DIR=str(REPO / "results/studies/seeds/seed1")).seed == 1
+    with pytest.raises(settings.SettingsError, match="writes only under runs/"):  # seed1's folder, seed 2's settings
+        load(VAE_SEED="2", VAE_RESULTS_DIR=str(REPO / "results/studies/seeds/seed1"))
+    assert load(VAE_RESULTS_DIR=str(REPO / "results")).results_dir == "results"  # the spec's run, named
+
+
+def test_a_results_folder_that_is_a_file_or_not_writable_is_refused(tmp_path, monkeypatch):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(settings.SettingsError, match=r"results_dir=.*file/run: .*file is not a folder"):
+        load(VAE_RESULTS_DIR=str(a_file / "run"))
+    monkeypatch.setattr(settings.os, "access", lambda path, mode: False)
+    with pytest.raises(settings.SettingsError, match=r"results_dir=.*: .* is not writable"):
+        load(VAE_RESULTS_DIR=str(tmp_path / "run"))
+
+
+def test_an_unfinished_run_is_not_replaced_by_a_fresh_one(folder):
+    checkpoint = Path(folder["VAE_RESULTS_DIR"]) / "checkpoint.pt"
+    files.save_checkpoint(checkpoint, checkpoint_state(load(**folder), epoch=3))  # 3 of 20 epochs
+    before = checkpoint.read_bytes()
+    with pytest.raises(settings.SettingsError) as error:
+        claim(**folder)
+    assert "holds an unfinished run (epoch 3 of 20). To continue it set resume = True in the parameters cell" in str(
+        error.value
+    )
+    assert "(headless: VAE_RESUME=1); to start afresh delete it" in str(error.value)
+    assert checkpoint.read_bytes() == before
+    assert claim(VAE_RESUME="1", **folder).resume
+
+
+def test_a_finished_run_with_the_same_settings_may_be_run_again(folder):
+    checkpoint = Path(folder["VAE_RESULTS_DIR"]) / "checkpoint.pt"
+    files.save_checkpoint(checkpoint, checkpoint_state(load(**folder), epoch=20))
+    assert claim(**folder).results_dir == folder["VAE_RESULTS_DIR"]
+
+
+def test_a_folder_holding_a_run_with_other_settings_is_not_overwritten(folder):
+    results = Path(folder["VAE_RESULTS_DIR"])
+    files.write_json(
+        results / "metrics.json", {"settings": vars(load(VAE_LR="0.01", **folder)), "code": None, "epochs": []}
+    )
+    with pytest.raises(settings.SettingsError, match=r"holds a run with other settings \(lr: 0.01 there, 0.001 now\)"):
+        claim(**folder)
+
+
+def test_a_checkpoint_from_other_settings_or_past_the_epochs_is_refused(folder):
+    checkpoint = Path(folder["VAE_RESULTS_DIR"]) / "checkpoint.pt"
+    files.save_checkpoint(checkpoint, checkpoint_state(load(**folder)))
+    with pytest.raises(settings.SettingsError) as error:
+        claim(
+            VAE_LATENT_DIM="10", VAE_LR="0.01", VAE_LR_SCHEDULE="burda", VAE_TEST_SIZE="100", VAE_RESUME="1", **folder
+        )
+    for difference in (
+        "latent_dim: 20 there, 10 now",
+        "lr: 0.001 there, 0.01 now",
+        "lr_schedule: 'constant' there, 'burda' now",
+        "test_size: 10000 there, 100 now",
+    ):
+        assert difference in str(error.value)
+    with pytest.raises(settings.SettingsError, match="is at epoch 3, past epochs=2; set epochs to at least 3"):
+        claim(VAE_EPOCHS="2", VAE_RESUME="1", **folder)
+
+
+def test_a_folder_in_use_by_another_process_is_refused_naming_it(folder):
+    with holding_lock(folder["VAE_RESULTS_DIR"]) as holder, pytest.raises(settings.SettingsError) as error:
+        claim(**folder)
+    assert re.search(rf"is in use by process {holder.pid} \(.*python.*\)", str(error.value))
+    assert claim(**folder).results_dir == folder["VAE_RESULTS_DIR"]  # the OS released it: no stale lock
+
+
+def test_the_same_process_may_claim_its_folder_again_and_gives_up_the_old_one_for_a_new(tmp_path):
+    claim(VAE_RESULTS_DIR=str(tmp_path / "a"))
+    claim(VAE_RESULTS_DIR=str(tmp_path / "a"))  # a cell run twice
+    claim(VAE_RESULTS_DIR=str(tmp_path / "b"))  # settings changed in the same kernel
+    assert list(files.HELD) == [(tmp_path / "b").resolve()]
+    files.release_folders()
+
+
+# ---- nothing you made is replaced ------------------------------------------------------------------
+def test_a_folder_holding_files_no_run_made_is_refused_and_left_as_it_was(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "Variational_autoencoder.ipynb").write_text("my edited copy")
+    (mine / "samples.png").write_bytes(b"my picture")
+    with pytest.raises(settings.SettingsError, match=r"holds files no run made \(Variational_autoencoder.ipynb, sa"):
+        claim(VAE_RESULTS_DIR=str(mine))
+    assert sorted(p.name for p in mine.iterdir()) == ["Variational_autoencoder.ipynb", "samples.png"]
+    assert (mine / "samples.png").read_bytes() == b"my picture"
+    assert claim(VAE_RESULTS_DIR=str(tmp_path / "empty")).results_dir == str(tmp_path / "empty")  # new: fine
+
+
+@pytest.mark.parametrize("target", [".", "results", "results/studies/seeds/seed1", "docs"])
+def test_a_name_that_leads_through_a_symlink_into_the_repository_is_refused(tmp_path, monkeypatch, target):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "link").symlink_to(REPO / target)
+    monkeypatch.setattr(folders, "RUNS", runs)
+    with pytest.raises(settings.SettingsError, match="inside the repository a run writes only under runs/"):
+        load(VAE_NAME="link", VAE_SEED="2")
+    (tmp_path / "outside").mkdir()
+    (runs / "elsewhere").symlink_to(tmp_path / "outside")  # a folder of the user's, outside the repository: theirs
+    assert load(VAE_NAME="elsewhere", VAE_SEED="2").results_dir == str(tmp_path / "outside")
+
+
+def test_mnist_may_not_go_into_the_record():
+    with pytest.raises(settings.SettingsError, match=r"data_dir=results/data: MNIST does not go into results/"):
+        load(VAE_DATA_DIR="results/data")
