@@ -122,17 +122,32 @@ def nll(m) -> float:
     return -m["evaluation"]["iw_bound"]
 
 
+def seeded_rows(runs: dict) -> list:
+    """(label, mean, sd, seeds) of -log p(x) for each row of runs alike but for the seed, in the study's order."""
+    return [(objective_label(records[0]["settings"]), *spread([nll(m) for m in records]), len(records))
+            for _, records in by_row(runs)]  # fmt: skip
+
+
+def difference(row_a, row_b) -> tuple:
+    """Row a's mean minus row b's, its sd from the seeds (None with one seed), and whether it is a finding."""
+    (_, mean_a, sd_a, n_a), (_, mean_b, sd_b, n_b) = row_a, row_b
+    if min(n_a, n_b) < 2:
+        return mean_a - mean_b, None, "one seed: no spread yet"
+    sd = (sd_a**2 / n_a + sd_b**2 / n_b) ** 0.5
+    verdict = "yes: more than twice its sd" if abs(mean_a - mean_b) > 2 * sd else "no: within twice its sd"
+    return mean_a - mean_b, sd, verdict
+
+
 def seeded_table(runs: dict, minutes) -> str:
     """One row per objective: -log p(x) and the test -ELBO as mean ± sd over its seeds, beside the standard
     error over test images; then each pair of rows, and whether their difference exceeds the seeds' spread."""
     first = next(iter(runs.values()))["settings"]
     budget = f"{first['epochs']} epochs" + (", Burda et al.'s rate schedule" if first["lr_schedule"] == "burda" else "")
-    rows, cells = [], []
-    for names, records in by_row(runs):
+    rows, cells = seeded_rows(runs), []
+    for (names, records), (_, mean, sd, _) in zip(by_row(runs), rows, strict=True):
         s, several = records[0]["settings"], len(records) > 1
-        (mean, sd), (elbo, elbo_sd) = spread([nll(m) for m in records]), spread([m["test_loss"] for m in records])
+        elbo, elbo_sd = spread([m["test_loss"] for m in records])
         published = BURDA.get((s["objective"], s["train_samples"])) if not s["kl_warmup"] else None
-        rows.append((objective_label(s), mean, sd, len(records)))
         cells.append([
             objective_label(s), ", ".join(str(m["settings"]["seed"]) for m in records),
             f"{mean:.2f}" + (f" ± {sd:.2f}" if several else ""),
@@ -146,13 +161,10 @@ def seeded_table(runs: dict, minutes) -> str:
               "± se over images", "test -ELBO", "active units", "minutes",
               "Burda et al. 2016: -log p(x) (active units)"]  # fmt: skip
     pairs = []
-    for a, (label_a, mean_a, sd_a, n_a) in enumerate(rows):
-        for label_b, mean_b, sd_b, n_b in rows[a + 1 :]:
-            sd = (sd_a**2 / n_a + sd_b**2 / n_b) ** 0.5
-            verdict = "yes: more than twice its sd" if abs(mean_a - mean_b) > 2 * sd else "no: within twice its sd"
-            several = min(n_a, n_b) > 1
-            pairs.append([f"{label_a}, minus {label_b}", f"{mean_a - mean_b:.2f}", f"{sd:.2f}" if several else "",
-                          verdict if several else "one seed: no spread yet"])  # fmt: skip
+    for a, row_a in enumerate(rows):
+        for row_b in rows[a + 1 :]:
+            diff, sd, verdict = difference(row_a, row_b)
+            pairs.append([f"{row_a[0]}, minus {row_b[0]}", f"{diff:.2f}", "" if sd is None else f"{sd:.2f}", verdict])
     pairs_header = ["-log p(x), the first row minus the second", "difference of means", "its sd from seeds", "finding?"]
     return "\n".join([
         table(header, cells, "lrrrrrrr"), "", table(pairs_header, pairs, "lrrl"),

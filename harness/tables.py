@@ -10,6 +10,7 @@ Each study's own table comes from summaries.py.
 import json
 import re
 import sys
+from pathlib import Path
 
 from harness import PREFIX, REPO
 from harness.figures import by_row, scheduled
@@ -17,7 +18,7 @@ from harness.files import UnreadableRun, read_metrics, write_text
 from harness.folders import RECORD, STUDY_RECORD
 from harness.settings import SETTINGS
 from harness.studies import STUDIES
-from harness.summaries import SUMMARIES, load_timings, nll, spread, table
+from harness.summaries import SUMMARIES, difference, load_timings, nll, seeded_rows, spread, table
 
 DOCUMENTS = ["README.md", "docs/studies.md", "docs/settings.md", "docs/performance.md"]
 BENCHMARK = REPO / "benchmarks" / "results.json"
@@ -119,9 +120,30 @@ def headline(folder=STUDY_RECORD) -> str:
     return text
 
 
+def gains(root=None, study="objectives") -> str:
+    """What each objective gains over the ELBO in -log p(x) (means over seeds), and whether the gain is more
+    than the seeds' spread: README's and docs/studies.md's sentence, from the study's finished runs."""
+    root = Path(root or STUDY_RECORD / study)
+    done = {r: read_metrics(root / r) for r in STUDIES[study] if (root / r / "metrics.json").exists()}
+    rows = seeded_rows(done)
+    if not rows or rows[0][0] != "ELBO":
+        return f"(study `{study}` has no ELBO run yet)"
+    said = []
+    for row in rows[1:]:
+        gain, sd, verdict = difference(rows[0], row)
+        how = (
+            "one seed"
+            if sd is None
+            else f"sd {sd:.2f} over seeds, {'more' if verdict[0] == 'y' else 'less'} than twice it"
+        )
+        said.append(f"{row[0].removeprefix('ELBO, ').replace('IWAE, k', 'IWAE k')} {gain:+.2f} nats ({how})")
+    return "; ".join(said)
+
+
 def readme_tables() -> dict:
     """Every generated block of README.md and docs/, by name, from the committed files."""
-    tables = {"main": main_table(read_metrics(RECORD)), "settings": settings_table(), "headline": headline()}
+    tables = {"main": main_table(read_metrics(RECORD)), "settings": settings_table(), "headline": headline(),
+              "gains": gains()}  # fmt: skip
     if BENCHMARK.exists():
         tables["bench"] = benchmark_table(json.loads(BENCHMARK.read_text()))
         tables["costs"] = costs_table(json.loads(BENCHMARK.read_text()))

@@ -122,6 +122,9 @@ def test_the_objectives_summary_gives_each_rows_mean_and_sd_over_seeds_and_which
     assert finding["| ELBO, minus ELBO, KL warm-up over 10 epochs"] == "yes: more than twice its sd |"
     assert finding["| IWAE, k = 5, minus IWAE, k = 50"] == "no: within twice its sd |"  # 0.37 apart, sd 0.43
     assert (tmp_path / "objectives.png").is_file()
+    gain = np.mean(nll["elbo"]) - np.mean(nll["iwae5"])
+    sd = np.sqrt(np.var(nll["elbo"], ddof=1) / 3 + np.var(nll["iwae5"], ddof=1) / 3)
+    assert f"IWAE k = 5 +{gain:.2f} nats (sd {sd:.2f} over seeds, more than twice it)" in tables.gains(tmp_path)
 
 
 def test_the_latent_sizes_summary_orders_by_size_and_draws_its_figure(tmp_path):
