@@ -205,6 +205,7 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
             f"{kept}"
         ) from None
     write_notebook(nb, output)
+    failed_output.unlink(missing_ok=True)  # a failure (or stop) this run has got past
     return output
 
 

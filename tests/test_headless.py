@@ -95,6 +95,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(qui
     run_notebook(quick, results, epochs=1)
     # A finite checkpoint whose log-variance head overflows exp() on the first batch of epoch 2.
     state = torch.load(results / "checkpoint.pt", weights_only=True)
+    good = {k: v.clone() for k, v in state["model"].items()}
     state["model"]["fc_log_var.bias"].fill_(100.0)
     torch.save(state, results / "checkpoint.pt")
     good = (results / "checkpoint.pt").read_bytes()
@@ -154,6 +155,7 @@ def test_a_failure_in_a_cell_ends_with_the_error_the_cell_and_the_executed_noteb
     env = {**quick_env, "VAE_RESULTS_DIR": str(results), "VAE_EPOCHS": "1"}
     assert tasks("run", env=env).returncode == 0
     state = torch.load(results / "checkpoint.pt", weights_only=True)
+    good = {k: v.clone() for k, v in state["model"].items()}
     state["model"]["fc_log_var.bias"].fill_(100.0)
     torch.save(state, results / "checkpoint.pt")
     run = tasks("run", env={**env, "VAE_EPOCHS": "2", "VAE_RESUME": "1"})
@@ -166,6 +168,9 @@ def test_a_failure_in_a_cell_ends_with_the_error_the_cell_and_the_executed_noteb
     count = next(c["execution_count"] for c in executed["cells"] if c.get("id") == "train-loop")
     assert second == f"  in code cell [{count}] (Training); the executed notebook: {notebook}"
     assert "NonFiniteLossError" in notebook.read_text()
+    torch.save({**state, "model": good}, results / "checkpoint.pt")  # mended: the run goes on and finishes
+    assert tasks("run", env={**env, "VAE_EPOCHS": "2", "VAE_RESUME": "1"}).returncode == 0
+    assert not notebook.exists()  # the finished run's folder holds its own notebook, not a failure it got past
 
 
 def test_a_headless_run_shows_each_section_and_epoch_as_it_happens(quick_env, tmp_path):
