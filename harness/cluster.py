@@ -189,24 +189,31 @@ def run_on_worker(study, where, run, parameters, start, code, stop) -> tuple:
         with atomic_path(folder / "checkpoint.pt") as tmp:
             tmp.write_bytes(start[0]["checkpoint.pt"] if isinstance(start, tuple) else start)
         env["VAE_RESUME"] = "1"
+    spent = folder / ".seconds"  # the wall time of this run's earlier parts, when it was stopped and goes on
+    before = float(spent.read_text()) if spent.exists() else 0.0
     started, log = time.perf_counter(), folder.with_name(folder.name + ".log")
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "harness.headless"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent if sys.platform == "linux" else None,
-        )  # fmt: skip
-        while process.poll() is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=1)
-            if process.poll() is None and stopping.is_set():
-                process.send_signal(signal.SIGINT)  # the run stops, its checkpoint kept: its kernel is shut down
-                process.wait()
+    try:
+        with open(log, "w") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "harness.headless"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
+            )  # fmt: skip
+            while process.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=1)
+                if process.poll() is None and stopping.is_set():
+                    process.send_signal(signal.SIGINT)  # the run stops, its checkpoint kept: its kernel is shut down
+                    process.wait()
+    finally:
+        seconds = before + time.perf_counter() - started
+        if folder.is_dir():
+            files.write_text(spent, f"{seconds:.1f}\n")
     if process.returncode:
         raise StudyFailed(log.read_text().strip().splitlines()[-1] if log.read_text().strip() else "no output")
     made = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
     shutil.rmtree(folder)
     log.unlink()
-    return made, time.perf_counter() - started, worker.address
+    return made, seconds, worker.address
 
 
 def scratch(study, where, run, parameters, code) -> Path:

@@ -32,8 +32,10 @@ PUBLISHED = [
 BURDA_MODEL = "784-200-200-50 (tanh), 3,280 passes, Adam with a decaying rate, k = 5000"
 
 WALL_TIME = (
-    "Minutes are wall time on the shared 2-core machine, the k = 5000 evaluation (about 9 of them when the "
-    "machine is idle) included; where tests ran beside a study, or it was paused for them, they are longer."
+    "Minutes are wall time on a shared 2-core machine (an Intel Xeon or an AMD EPYC: each record's provenance "
+    "names the CPU, and the AMD one is about half as fast), the k = 5000 evaluation (about 9 minutes on the Intel "
+    "machine when idle, 17 on the AMD) included, and every part of a run that was stopped and went on; where "
+    "tests ran beside a study they are longer."
 )
 
 

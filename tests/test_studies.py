@@ -349,9 +349,13 @@ def test_ctrl_c_on_a_study_stops_every_run_it_started_and_leaves_no_task_kernel_
 
     kept = files.load_checkpoint(scratch_checkpoint("other"))["epoch"]  # the stop kept the last whole epoch
     assert 1 <= kept < 30
+    spent = scratch_checkpoint("other").with_name(".seconds")  # the stopped part's wall time, kept beside it
+    assert float(spent.read_text()) > 0
+    spent.write_text("1000.0\n")  # as if it had run for 1,000 s: the record counts it with the part to come
     studies.run_study("tiny", STOPPABLE, tmp_path / "study" / "tiny", study_env, echo=lambda line: None)
     metrics = json.loads((tmp_path / "study" / "tiny" / "other" / "metrics.json").read_text())
     assert [r["after_epoch"] for r in metrics["resumed"]] == [kept] and len(metrics["epochs"]) == 30
+    assert 1000 < json.loads((tmp_path / "study" / "tiny" / "timings.json").read_text())["other"] < 1000 + 600
     assert scratch_checkpoint("other") is None  # a finished run's scratch folder is gone
 
 
