@@ -35,7 +35,7 @@ from torchvision import datasets, transforms
 
 from harness import REPO, headless, mnist
 from harness.files import read_metrics, write_json
-from harness.run import cpu_name
+from harness.provenance import cpu_name
 from harness.tables import BENCHMARK, benchmark_table
 
 RESULTS = BENCHMARK  # the figures of the last run, for README

@@ -13,14 +13,13 @@ writes metrics.json and vae.pt together.
 import contextlib
 import copy
 import math
-import platform
-import subprocess
 from pathlib import Path
 
 import torch
 
 from harness import REPO, files, fingerprint
-from harness.folders import RECORD, inside
+from harness.folders import RECORD
+from harness.provenance import machine_of, provenance
 
 IGNORED_ON_RESUME = {"resume", "results_dir", "name"}
 fingerprint.watch_kernel()  # imported by the notebook's first cell: from then on the kernel notes each cell's code
@@ -253,63 +252,3 @@ def resume_changes(saved: dict, settings) -> dict:
         for name, value in vars(settings).items()
         if name not in IGNORED_ON_RESUME and saved[name] != value
     }
-
-
-# ---- provenance ------------------------------------------------------------------------------
-def machine_of(model) -> dict:
-    """What a run's numbers depend on besides its settings and code: the device, the CPU and its threads."""
-    return {"device": str(next(model.parameters()).device), "cpu": cpu_name(), "threads": torch.get_num_threads()}
-
-
-def cpu_name() -> str:
-    """The processor's model name (Linux's /proc/cpuinfo), else what `platform` knows (often only x86_64)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def git(*args):
-    """(output, None) or (None, the reason git could not answer)."""
-    try:
-        done = subprocess.run(["git", *args], check=False, cwd=REPO, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError) as error:
-        return None, f"git could not run: {error}"
-    if done.returncode != 0:
-        return None, f"git {args[0]} failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}"
-    return done.stdout.strip(), None
-
-
-def provenance(device, results) -> dict:
-    """What produced a run: versions, device, threads and the git state of this folder.
-
-    `git_dirty` says whether tracked files differ from `git_commit`, not counting the run's own
-    results folder; either is `None` with `git_unknown` saying why when git cannot tell.
-    """
-    import torchvision
-
-    commit, reason = git("rev-parse", "HEAD")
-    dirty = None
-    if commit is not None:
-        status = ["status", "--porcelain", "--untracked-files=no", "--", "."]
-        results = Path(results).resolve()
-        if inside(results, REPO):
-            status.append(f":(exclude){results.relative_to(REPO)}")
-        changes, reason = git(*status)
-        dirty = None if changes is None else bool(changes)
-    facts = {
-        "device": str(device),
-        "cpu": cpu_name(),
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "git_commit": commit,
-        "git_dirty": dirty,
-    }
-    if torch.device(device).type == "cuda":  # runs on different GPUs belong in separate rows: name it
-        facts["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    if reason:
-        facts["git_unknown"] = reason
-    return facts

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import checkpoint_state, load
-from harness import files, folders, settings
+from harness import files, folders, provenance, settings
 from harness import run as training
 
 
@@ -95,7 +95,7 @@ def test_a_run_resumed_on_another_machine_says_so_in_its_record(tmp_path, capsys
     run = tiny_run(tmp_path)
     run.record_epoch(1, step(run), (1.0, 1.0, 0.0), 0.0)
     state = files.load_checkpoint(tmp_path / "checkpoint.pt")
-    here = {"device": "cpu", "cpu": training.cpu_name(), "threads": torch.get_num_threads()}
+    here = {"device": "cpu", "cpu": provenance.cpu_name(), "threads": torch.get_num_threads()}
     assert state["machine"] == here
     elsewhere = {**here, "threads": here["threads"] + 7}  # another thread count rounds otherwise
     files.save_checkpoint(tmp_path / "checkpoint.pt", {**state, "machine": elsewhere})
@@ -154,15 +154,15 @@ def git(*args):
 
 
 def test_provenance_tells_the_truth_about_git_for_a_results_folder_outside_the_repo(tmp_path):
-    facts = training.provenance("cpu", tmp_path)
+    facts = provenance.provenance("cpu", tmp_path)
     assert facts["git_commit"] == git("rev-parse", "HEAD").strip()
     assert facts["git_dirty"] == bool(git("status", "--porcelain", "--untracked-files=no").strip())
     assert "git_unknown" not in facts
 
 
 def test_provenance_says_null_and_why_when_git_cannot_tell(tmp_path, monkeypatch):
-    monkeypatch.setattr(training, "REPO", tmp_path)  # not a git checkout
-    facts = training.provenance("cpu", tmp_path / "results")
+    monkeypatch.setattr(provenance, "REPO", tmp_path)  # not a git checkout
+    facts = provenance.provenance("cpu", tmp_path / "results")
     assert facts["git_commit"] is None and facts["git_dirty"] is None
     assert "not a git repository" in facts["git_unknown"]
     json.dumps(facts)  # and it is still JSON
