@@ -63,6 +63,7 @@ class TrainingRun:
         self.history, self.resumed, self.epoch, self.show_history = [], [], 0, False
         self.trains = not settings.weights
         self.code = fingerprint.code_of()
+        self.machine = machine_of(model)  # once: it reads /proc/cpuinfo, and each checkpoint records it
         self.snapshot = self.state()
 
     @classmethod
@@ -87,7 +88,7 @@ class TrainingRun:
             run.restore(state)
             if run.epoch < settings.epochs:
                 changed = resume_changes(state["settings"], settings)
-                before, now = state.get("machine"), machine_of(model)
+                before, now = state.get("machine"), run.machine
                 if before is not None and before != now:  # its numbers agree with an uninterrupted run's only
                     changed["machine"] = [before, now]  # to float rounding: the record says so
                     elsewhere = "; ".join(f"{k}: {before.get(k)!r} there, {v!r} now" for k, v in now.items()
@@ -144,7 +145,7 @@ class TrainingRun:
             "rng": self.generator.get_state(),
             "resumed": self.resumed,
             "code": self.code,
-            "machine": machine_of(self.model),  # where the epochs so far ran (another thread count rounds otherwise)
+            "machine": self.machine,  # where the epochs so far ran (another thread count rounds otherwise)
         }
         return copy.deepcopy(state)
 
