@@ -102,8 +102,15 @@ class Page:
     def wait(self, condition, seconds=300):
         deadline = time.monotonic() + seconds
         while not condition():
-            assert time.monotonic() < deadline, "timed out"
+            assert time.monotonic() < deadline, f"timed out; the page shows: {self.shows()}"
             time.sleep(0.3)
+
+    def shows(self) -> str:
+        """What a failed wait reports: the kernel's state and the end of what the cells printed."""
+        states = self.driver.find_elements("css selector", ".jp-Notebook-ExecutionIndicator")
+        state = states[0].get_attribute("data-status") if states else "unknown"
+        printed = "\n".join(o.text for o in self.driver.find_elements("css selector", ".jp-OutputArea-output"))
+        return f"kernel {state}; outputs end: {printed[-600:]!r}"
 
     def cells(self):
         return self.driver.find_elements("css selector", ".jp-Notebook .jp-CodeCell")
@@ -183,6 +190,9 @@ def test_a_bad_value_shows_its_one_line_and_run_all_writes_the_runs_own_folder(o
     shown = page.output("resolve(globals())")
     assert "batch_size must be a whole number >= 1; got 0 (from the parameters cell)" in shown
     assert "Traceback" not in shown and "settings.py" not in shown and not run.exists()
+    # A person reads the error, then edits. A Run All sent while the kernel may still be aborting the
+    # first one's queued cells can be aborted with them: the likely cause of one timeout under load (Lab).
+    page.wait(page.kernel_idle, 60)
     page.append_to("seed = 0", "batch_size = 128")
     page.append_to("seed = 0", "epochs = 2")
     page.menu("Run", "runmenu:run-all")
