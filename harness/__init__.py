@@ -2,12 +2,12 @@
 
 The method is the notebook and `vae_utils.py`; nothing here changes a number a run reports. One
 concern a module: `settings` (every setting, checked once), `folders` (where a run writes), `files`
-(safe writes, metrics.json, checkpoints, the folder lock), `fingerprint` (the code a run's numbers
-depend on), `run` (a run's state and record in the notebook), `provenance` (the machine, versions
-and git state that made it), `mnist` (the verified data), `headless` (the notebook run without
-Jupyter), `studies` (sets of runs) and `cluster` (their tasks on Dask), `summaries` (each study's
-table), `tables` (README's and docs' generated blocks) and `figures`, all from metrics.json, and
-`record` (is the working tree's notebook the record?).
+(safe writes, metrics.json, checkpoints trusted only when whole, the folder lock), `fingerprint`
+(the code a run's numbers depend on), `run` (a run's state and record in the notebook), `provenance`
+(the machine, versions and git state that made it), `mnist` (the verified data, docs/data.md),
+`headless` (the notebook run without Jupyter), `studies` (sets of runs) and `cluster` (their tasks
+on Dask), `summaries` (each study's table), `tables` (README's and docs' generated blocks) and
+`figures`, all from metrics.json, and `record` (is the working tree's notebook the record?).
 
 This file imports nothing heavy: `tasks.py` reads it before the virtual environment exists.
 """
