@@ -123,7 +123,8 @@ def cluster(scheduler=None):
     address = scheduler or dask.config.get("scheduler-address", None)
     if address:
         try:
-            client = distributed.Client(address, timeout="30s")
+            # Dask's own connect timeout: 30 s unless DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT says otherwise
+            client = distributed.Client(address, timeout=dask.config.get("distributed.comm.timeouts.connect"))
         except (OSError, ValueError) as error:  # nothing answers there, or not an address
             raise StudyFailed(
                 f"no Dask scheduler answers at {address} ({error}): start one (docs/studies.md), or leave "

@@ -176,7 +176,7 @@ def main(argv):
     for signum in STOPS:  # between runs too, a stop ends the study in one line
         signal.signal(signum, headless.raise_stopped)
     if not argv or argv[0] not in STUDIES:
-        sys.exit(f"error: {'no study named ' + repr(argv[0]) if argv else 'which study?'}. {USAGE}")
+        sys.exit(f"error: {'no study named ' + repr(argv[0]) if argv else 'name the study to run'}. {USAGE}")
     from harness import summaries
 
     name, options = argv[0], argv[1:]
@@ -193,5 +193,7 @@ def main(argv):
         sys.exit(getattr(error, "code", None) or 128 + getattr(error, "signum", 2))
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
+if __name__ == "__main__":  # as harness.studies, whose StudyFailed is the one cluster.py raises
+    from harness import studies
+
+    studies.main(sys.argv[1:])

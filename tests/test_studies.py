@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -357,6 +358,28 @@ def test_ctrl_c_on_a_study_stops_every_run_it_started_and_leaves_no_task_kernel_
     assert [r["after_epoch"] for r in metrics["resumed"]] == [kept] and len(metrics["epochs"]) == 30
     assert 1000 < json.loads((tmp_path / "study" / "tiny" / "timings.json").read_text())["other"] < 1000 + 600
     assert scratch_checkpoint("other") is None  # a finished run's scratch folder is gone
+
+
+def test_a_study_whose_cluster_cannot_be_reached_ends_the_command_in_one_line(study_env, tmp_path):
+    """As `python3 tasks.py study NAME --scheduler ADDRESS` runs it: python -m harness.studies."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import runpy, sys, warnings\nfrom pathlib import Path\nfrom harness import studies\n"
+        f"studies.STUDIES['tiny'] = {TWO_RUNS!r}\nstudies.STUDY_RECORD = Path(sys.argv[1])\n"
+        "sys.argv[1:] = ['tiny', '--scheduler', sys.argv[2]]\n"
+        "warnings.filterwarnings('ignore', '.harness.studies. found in sys.modules')  # imported above, to set\n"
+        "runpy.run_module('harness.studies', run_name='__main__')\n"
+    )
+    with socket.socket() as free:  # a port on which nothing listens
+        free.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{free.getsockname()[1]}"
+    env = {**study_env, "PYTHONPATH": str(REPO), "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+    done = subprocess.run([sys.executable, driver, tmp_path / "study", address], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: no Dask scheduler answers at {address} (") and line.endswith("local cluster."), line
+    assert not (tmp_path / "study" / "tiny" / "seed0").exists()
 
 
 def test_a_worker_with_other_code_than_the_study_is_refused_naming_both():
