@@ -81,6 +81,14 @@ class LiveClient(nbclient.NotebookClient):
             loop.add_signal_handler(signum, self.stop, signum)
         await super().async_start_new_kernel(**kwargs)
 
+    async def _async_cleanup_kernel(self):
+        # A second stop kills the kernel while nbclient cleans up after the first; its exit hook would
+        # then clean up again and fail on the manager it has already let go of (a traceback at exit).
+        if self.km is not None:
+            await super()._async_cleanup_kernel()
+
+    _cleanup_kernel = nbclient.util.run_sync(_async_cleanup_kernel)  # nbclient's exit hook, bound to the above
+
     def stop(self, signum):
         """First signal: interrupt the kernel (the training cell rolls back and ends). Second: kill it."""
         first, self.signum = self.signum is None, signum

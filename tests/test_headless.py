@@ -221,6 +221,7 @@ def the_run(run) -> list:
     ("how", "signum", "code", "name"),
     [
         ("Ctrl-C in the terminal", signal.SIGINT, 130, "Ctrl-C"),
+        ("stopped twice, to tasks.py alone (as a study stops its runs)", signal.SIGINT, 130, "Ctrl-C"),
         ("kill, to tasks.py alone", signal.SIGTERM, 143, "SIGTERM"),
         ("kill, to its process group", signal.SIGTERM, 143, "SIGTERM"),
         ("the terminal closed", signal.SIGHUP, 129, "SIGHUP"),
@@ -238,6 +239,9 @@ def test_every_way_to_stop_a_run_ends_all_of_it_keeps_the_checkpoint_and_says_so
         os.kill(run.pid, signum)
     else:
         os.killpg(run.pid, signum)
+    if "twice" in how:  # before the first has ended the run: the second kills the kernel mid-cell
+        time.sleep(0.3)
+        os.kill(run.pid, signum)
     out, err = run.communicate(timeout=60)
     assert run.returncode == code and "Traceback" not in out + err, err
     (last,) = err.strip().splitlines()
