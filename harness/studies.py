@@ -180,7 +180,8 @@ def main(argv):
     from harness import summaries
 
     name, options = argv[0], argv[1:]
-    if not (options in ([], ["--summary"]) or (len(options) == 2 and options[0] == "--scheduler")):
+    given_scheduler = len(options) == 2 and options[0] == "--scheduler" and options[1].strip()  # "" is no address
+    if not (options in ([], ["--summary"]) or given_scheduler):
         sys.exit(f"error: unknown arguments {' '.join(options)!r}. {USAGE}")
     try:
         if options != ["--summary"]:

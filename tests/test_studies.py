@@ -20,7 +20,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import QUICK, REPO, history_row, holding_lock, run_notebook, wait_until, without_settings
+from conftest import QUICK, REPO, history_row, holding_lock, run_notebook, tasks, wait_until, without_settings
 from harness import cluster, files, fingerprint, studies, summaries, tables
 from harness.settings import SETTINGS
 
@@ -358,6 +358,25 @@ def test_ctrl_c_on_a_study_stops_every_run_it_started_and_leaves_no_task_kernel_
     assert [r["after_epoch"] for r in metrics["resumed"]] == [kept] and len(metrics["epochs"]) == 30
     assert 1000 < json.loads((tmp_path / "study" / "tiny" / "timings.json").read_text())["other"] < 1000 + 600
     assert scratch_checkpoint("other") is None  # a finished run's scratch folder is gone
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        ([], "error: name the study to run."),
+        (["seed"], "error: no study named 'seed'."),
+        (["seeds", "--summary", "--scheduler"], "error: unknown arguments '--summary --scheduler'."),
+        (["seeds", "--scheduler"], "error: unknown arguments '--scheduler'."),
+        (["seeds", "--scheduler", ""], "error: unknown arguments '--scheduler '."),  # an unset $ADDRESS: not local
+    ],
+)
+def test_what_a_user_may_type_wrong_for_a_study_is_refused_in_one_line_and_nothing_starts(study_env, args, words):
+    before = sorted(REPO.glob("runs/.studies/*"))
+    done = tasks("study", *args, env=study_env, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(words) and line.endswith(studies.USAGE), line
+    assert sorted(REPO.glob("runs/.studies/*")) == before
 
 
 def test_a_study_whose_cluster_cannot_be_reached_ends_the_command_in_one_line(study_env, tmp_path):
