@@ -123,7 +123,8 @@ def run_study(name, runs=None, root=None, environ=None, echo=None, scheduler=Non
     if todo:
         from harness import cluster
 
-        cluster.run(name, runs, todo, root, machine, timings, echo, scheduler)
+        known = {**STUDIES.get(name, {}), **runs}  # a chosen few may go on from any finished run of the study
+        cluster.run(name, known, todo, root, machine, timings, echo, scheduler)
     return root
 
 
@@ -169,7 +170,28 @@ def shorter_run(runs: dict, overrides: dict, root: Path, futures: dict):
     return max(candidates)[1] if candidates else None
 
 
-USAGE = f"usage: python3 tasks.py study {{{','.join(STUDIES)}}} [--summary | --scheduler ADDRESS]"
+USAGE = f"usage: python3 tasks.py study {{{','.join(STUDIES)}}} [--summary | [--runs RUN,...] [--scheduler ADDRESS]]"
+
+
+def options_of(options: list):
+    """`--summary` alone, or each of `--runs NAMES` and `--scheduler ADDRESS` at most once; None if not."""
+    if options == ["--summary"]:
+        return {"--summary": True}
+    if len(options) % 2:
+        return None
+    given = dict(zip(options[::2], options[1::2], strict=True))
+    if len(given) * 2 != len(options) or not set(given) <= {"--runs", "--scheduler"}:  # each once, no other
+        return None
+    return given if all(value.strip() for value in given.values()) else None  # "" (an unset $ADDRESS) is no value
+
+
+def chosen_runs(name: str, names: str) -> dict:
+    """The runs of study `name` that `--runs a,b` names, in the study's order; a name it lacks is refused."""
+    wanted = names.split(",")
+    unknown = [run for run in wanted if run not in STUDIES[name]]
+    if unknown:
+        raise StudyFailed(f"study {name} has no run {unknown[0]!r}: --runs takes some of {', '.join(STUDIES[name])}")
+    return {run: overrides for run, overrides in STUDIES[name].items() if run in wanted}
 
 
 def main(argv):
@@ -179,13 +201,20 @@ def main(argv):
         sys.exit(f"error: {'no study named ' + repr(argv[0]) if argv else 'name the study to run'}. {USAGE}")
     from harness import summaries
 
-    name, options = argv[0], argv[1:]
-    given_scheduler = len(options) == 2 and options[0] == "--scheduler" and options[1].strip()  # "" is no address
-    if not (options in ([], ["--summary"]) or given_scheduler):
-        sys.exit(f"error: unknown arguments {' '.join(options)!r}. {USAGE}")
+    name, given = argv[0], options_of(argv[1:])
+    if given is None:
+        sys.exit(f"error: unknown arguments {' '.join(argv[1:])!r}. {USAGE}")
     try:
-        if options != ["--summary"]:
-            run_study(name, scheduler=options[1] if options else None)
+        runs = chosen_runs(name, given["--runs"]) if "--runs" in given else None
+        if "--summary" not in given:
+            root = run_study(name, runs=runs, scheduler=given.get("--scheduler"))
+            left = [run for run in STUDIES[name] if not is_complete(root / run, STUDIES[name][run])]
+            if left:  # a chosen few: the study's summary waits for the rest
+                print(
+                    f"study {name}: {len(left)} of {len(STUDIES[name])} runs still to run ({', '.join(left)}); "
+                    f"its summary is written when they are done"
+                )
+                return
         print(summaries.summarize(name))
     except (StudyFailed, SettingsError, files.UnreadableRun) as error:
         sys.exit(f"error: {error}")

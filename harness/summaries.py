@@ -166,10 +166,10 @@ def seeded_table(runs: dict, minutes) -> str:
     for a, row_a in enumerate(rows):
         for row_b in rows[a + 1 :]:
             diff, sd, verdict = difference(row_a, row_b)
-            pairs.append([f"{row_a[0]}, minus {row_b[0]}", f"{diff:.2f}", "" if sd is None else f"{sd:.2f}", verdict])
-    pairs_header = ["-log p(x), the first row minus the second", "difference of means", "its sd from seeds", "finding?"]
+            pairs.append([row_a[0], row_b[0], f"{diff:.2f}", "" if sd is None else f"{sd:.2f}", verdict])
+    pairs_header = ["-log p(x) of", "minus that of", "difference of means", "its sd from seeds", "finding?"]
     return "\n".join([
-        table(header, cells, "lrrrrrrr"), "", table(pairs_header, pairs, "lrrl"),
+        table(header, cells, "lrrrrrrr"), "", table(pairs_header, pairs, "llrrl"),
         "\nThe sd over seeds is the spread of whole training runs (the seed sets the initial weights, the batches, "
         "the noise and the binarisation); the se over images is the evaluation's own uncertainty, the mean over "
         "the row's runs. With three seeds, twice the sd of a difference is a rough rule, not a test.",
