@@ -33,8 +33,9 @@ BURDA_MODEL = "784-200-200-50 (tanh), 3,280 passes, Adam with a decaying rate, k
 
 WALL_TIME = (
     "Minutes are wall time on a shared 2-core machine (an Intel Xeon or an AMD EPYC: each record's provenance "
-    "names the CPU, and the AMD one is about half as fast), the k = 5000 evaluation (about 9 minutes on the Intel "
-    "machine when idle, 17 on the AMD) included, and every part of a run that was stopped and went on; where "
+    "names the CPU; the same run took from about as long to twice as long on the AMD one, as the shared machine "
+    "allowed), the k = 5000 evaluation (about 9 minutes on the Intel machine when idle, 10 to 17 on the AMD) "
+    "included, and every part of a run that was stopped and went on; where "
     "tests ran beside a study they are longer."
 )
 
