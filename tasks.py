@@ -166,6 +166,7 @@ if __name__ == "__main__":
     for signum in STOPS:
         signal.signal(signum, stopped)
     if len(sys.argv) < 2 or sys.argv[1] not in TASKS:
-        sys.exit(__doc__.strip() + f"\n\nusage: python3 tasks.py {{{','.join(TASKS)}}} [args]")
+        usage = f"usage: python3 tasks.py {{{','.join(TASKS)}}} [args]"
+        sys.exit(f"error: no task {sys.argv[1]!r}. {usage}" if len(sys.argv) > 1 else __doc__.strip() + "\n\n" + usage)
     setup()
     TASKS[sys.argv[1]](sys.argv[2:])

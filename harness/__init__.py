@@ -1,18 +1,21 @@
 """The machinery of this repo: it runs, records, guards and tabulates runs of the notebook.
 
-The method is the notebook and `vae_utils.py`; nothing here changes a number a run reports. One
-concern a module: `settings` (every setting, checked once), `folders` (where a run writes), `files`
-(safe writes, metrics.json, checkpoints trusted only when whole, the folder lock), `fingerprint`
-(the code a run's numbers depend on), `run` (a run's state and record in the notebook), `provenance`
-(the machine, versions and git state that made it), `mnist` (the verified data, docs/data.md),
-`headless` (the notebook run without Jupyter), `studies` (sets of runs) and `cluster` (their tasks
-on Dask), `summaries` (each study's table), `tables` (README's and docs' generated blocks) and
-`figures`, all from metrics.json, and `record` (is the working tree's notebook the record?).
+The method is the notebook and `vae_utils.py`; nothing here changes a number a run reports. The
+modules in layers, each importing only from those above it in this list (a test holds them to it):
+`settings` (every setting, declared once) and `plans` (the studies' runs); `mnist` (the verified
+data, docs/data.md); `files` (safe writes, the record's schema, checkpoints, the folder lock);
+`fingerprint` (the code a run's numbers depend on) and `provenance` (the machine and git state);
+`folders` (where a run writes; the settings cell's `resolve`); `run` (a run's state and record in the
+notebook); `headless` (the notebook run without Jupyter) and `record` (is the notebook the record?);
+`figures`, `summaries` and `tables` (each study's table and figure, README's and docs' generated
+blocks); `cluster` (a study's runs as Dask tasks) and `studies` (the command).
 
 This file imports nothing heavy: `tasks.py` reads it before the virtual environment exists.
 """
 
+import os
 import signal
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,3 +26,29 @@ STOPS = {  # the signals that stop a run, and how a message names them (no SIGHU
     for name, shown in (("SIGINT", "Ctrl-C"), ("SIGTERM", "SIGTERM"), ("SIGHUP", "SIGHUP"))
     if hasattr(signal, name)
 }
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal arrived in this process; `code` is the exit status it asks for (128 + the signal)."""
+
+    def __init__(self, signum):
+        super().__init__(f"stopped ({STOPS[signum]})")
+        self.signum, self.code = signum, 128 + signum
+
+
+def raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def stopped_in_one_line(what: str):
+    """From now on, a stop signal ends this process at once with one line, `stopped (Ctrl-C) WHAT.`
+
+    A command's first call, before its imports (seconds of them): a stop then has nothing to clean up.
+    """
+
+    def stop(signum, frame):
+        print(f"stopped ({STOPS[signum]}) {what}.", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    for signum in STOPS:
+        signal.signal(signum, stop)

@@ -2,8 +2,9 @@
 
 By default an embedded `LocalCluster`, started and stopped with the study: one worker per GPU (each
 run sees only its worker's GPU), one worker on a machine without (so no two runs share the cores).
-An address sends the runs to an existing cluster instead. Each run is a task; a run that goes on
-from a shorter run's checkpoint (a longer budget) depends on it. A worker runs `python -m
+An address sends the runs to an existing cluster instead. Each run is a task, sent as a function
+that names this repository only as text (its scheduler, on a login node, need not be able to import
+it). A worker runs `python -m
 harness.headless` in its own checkout, which must hold the study's code (the fingerprint of a run),
 into a folder of that checkout's `runs/.studies/`, and sends the run's files back: they are written
 into the study's folder here, atomically, under the run folder's lock. Dask reruns a task whose worker died; a run that
@@ -16,6 +17,7 @@ session) goes on from each run's last epoch when it is started again, not from t
 
 import contextlib
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -28,34 +30,49 @@ import uuid
 from pathlib import Path
 
 from harness import PREFIX, REPO, STOPS, files, fingerprint
-from harness.folders import shown
-from harness.settings import SPEC, is_variable
+from harness.settings import SPEC, is_variable, shown
 from vae_utils import atomic_path
 
+MACHINE_SETTINGS = ("data_dir", "device", "deterministic")  # passed through from the environment
 
-def run(name, runs, todo, root, machine, timings, echo, scheduler):
-    """Submit `todo`'s runs as tasks (a chain's longer run after its shorter one), and keep what comes back."""
+
+class StudyFailed(Exception):
+    """A run of a study failed or was refused; the finished runs are kept."""
+
+
+class StudyStopped(KeyboardInterrupt):
+    """The study was stopped (Ctrl-C, SIGTERM, SIGHUP); `code` is the exit status."""
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
+
+
+def task():
+    """The function each run's task calls, made here so that it is pickled by value: the scheduler unpickles
+    it without importing this repository, and the worker imports it by name from its own checkout."""
+
+    def run_in_checkout(*args):
+        return importlib.import_module("harness.cluster").run_on_worker(*args)
+
+    return run_in_checkout
+
+
+def run_on_cluster(name, todo, root, machine, echo, scheduler):
+    """Submit `todo`'s runs as tasks (shorter ones first), and keep what comes back."""
     import distributed
 
-    from harness.studies import StudyFailed, StudyStopped, shorter_run
-
     code, failed, done = fingerprint.code_of(), {}, []
+    timings = json.loads((root / "timings.json").read_text()) if (root / "timings.json").exists() else {}
     with cluster(scheduler) as (client, where):
         echo(f"study {name}: {len(todo)} runs on {where}; Dask's dashboard: {client.dashboard_link}")
         stop = distributed.Event(f"stop-{name}-{uuid.uuid4().hex[:8]}", client=client)
-        futures = {}
         order = sorted(todo, key=lambda r: {**SPEC, **todo[r]}["epochs"])  # shorter runs first, then the plan's order
-        for position, run in enumerate(order):
-            start = shorter_run(runs, todo[run], root, futures)
-            if start is not None:
-                shorter = start.name if isinstance(start, Path) else next(r for r, f in futures.items() if f is start)
-                echo(f"    {run}: continuing from {shorter}'s checkpoint")
-            if isinstance(start, Path):
-                start = client.scatter((start / "checkpoint.pt").read_bytes())
-            futures[run] = client.submit(  # Dask starts the highest priority first; by itself it keeps no order
-                run_on_worker, name, shown(root), run, {**machine, **todo[run]}, start, code, stop.name,
-                key=f"{name}/{run}-{uuid.uuid4().hex[:8]}", pure=False, priority=len(order) - position,
-            )  # fmt: skip
+        futures = {}
+        for position, run in enumerate(order):  # Dask starts the highest priority first; by itself it keeps no order
+            arguments = (name, shown(root), run, {**machine, **todo[run]}, code, stop.name)
+            key, priority = f"{name}/{run}-{uuid.uuid4().hex[:8]}", len(order) - position
+            futures[run] = client.submit(task(), *arguments, key=key, pure=False, priority=priority)
         waiting, every = dict(futures), 5  # seconds between two views of what runs where: soon, then every 5 minutes
         try:
             while waiting:
@@ -118,8 +135,6 @@ def cluster(scheduler=None):
     import distributed
     import torch
 
-    from harness.studies import StudyFailed
-
     address = scheduler or dask.config.get("scheduler-address", None)
     if address:
         try:
@@ -159,11 +174,9 @@ def cluster(scheduler=None):
 DASK_ENVIRON = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
 
 
-def run_on_worker(study, where, run, parameters, start, code, stop) -> tuple:
+def run_on_worker(study, where, run, parameters, code, stop) -> tuple:
     """On a worker: the run, headless, in this checkout (in its `scratch` folder); its files, seconds, worker."""
     import distributed
-
-    from harness.studies import StudyFailed
 
     worker, stopping = distributed.get_worker(), distributed.Event(stop)
     if stopping.is_set():  # queued on the worker when the study stopped: nothing is started
@@ -185,11 +198,6 @@ def run_on_worker(study, where, run, parameters, start, code, stop) -> tuple:
         env["VAE_RESUME"] = "1"
     elif folder.exists():  # stopped before its first epoch: nothing to go on from
         shutil.rmtree(folder)
-    elif start is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / "checkpoint.pt") as tmp:
-            tmp.write_bytes(start[0]["checkpoint.pt"] if isinstance(start, tuple) else start)
-        env["VAE_RESUME"] = "1"
     spent = folder / ".seconds"  # the wall time of this run's earlier parts, when it was stopped and goes on
     before = float(spent.read_text()) if spent.exists() else 0.0
     started, log = time.perf_counter(), folder.with_name(folder.name + ".log")

@@ -2,9 +2,10 @@
 
 * writes      -- `write_text`, `write_json`, `save_checkpoint` through `vae_utils.atomic_path`: a
                  temporary file renamed into place, so a stopped run never leaves a half-written file.
-* metrics     -- `read_metrics`, the one reader of metrics.json.
-* checkpoints -- `save_checkpoint` / `load_checkpoint` and `save_weights` / `load_weights`, which
-                 trust a file only when it is what it claims (`CheckpointError` otherwise).
+* records     -- `Record`, the one schema of metrics.json (settings, code, history, evaluation), and
+                 `read_metrics`, its one reader: a record is read with today's settings (`settings.complete`).
+* checkpoints -- `save_checkpoint` / `load_checkpoint` and `save_weights` / `load_weights`: a file that
+                 does not load or does not fit is a `CheckpointError` of one line naming it and why.
 * the lock    -- `lock_folder`: one writer per run folder, held until the process ends (`filelock`:
                  the operating system's lock on every platform).
 """
@@ -13,12 +14,13 @@ import io
 import json
 import os
 import re
-import zipfile
 from pathlib import Path
 
 import filelock
+import pydantic
 import torch
 
+from harness import settings
 from vae_utils import atomic_path
 
 
@@ -34,77 +36,78 @@ def write_json(path, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
+# ---- records ---------------------------------------------------------------------------------
 class UnreadableRun(ValueError):
     """A run's metrics.json is missing or cannot be read; the message names the file."""
 
 
+class Part(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
+
+
+class Epoch(Part):  # a row of the history, as `TrainingRun.record_epoch` writes it
+    epoch: int
+    train_loss: float
+    test_loss: float
+    test_recon: float
+    test_kl: float
+    seconds: float
+
+
+class Evaluation(Part):  # the notebook's last cells
+    test_loss: float
+    test_recon: float
+    test_kl: float
+    elbo: float
+    elbo_se: float
+    iw_bound: float
+    iw_bound_se: float
+    iw_samples: int
+    active_units: int
+    kl_per_dimension: list[float] = []
+
+
+class Record(Part):
+    """metrics.json. `code` is None for a run made before runs recorded their code."""
+
+    settings: dict
+    code: dict | None = None
+    provenance: dict = {}
+    finished: bool
+    epochs: list[Epoch]
+    resumed: list = []
+    test_loss: float
+    evaluation: Evaluation
+
+    @pydantic.field_validator("settings")
+    @classmethod
+    def known_settings(cls, saved):
+        wrong = settings.wrong(saved)
+        if wrong:
+            raise ValueError(", ".join(wrong[:3]))
+        return settings.complete(saved)
+
+
 def read_metrics(folder, missing_ok=False):
-    """The metrics.json of the run in `folder`; None when it is missing and `missing_ok`."""
+    """The metrics.json of the run in `folder` (as a dict), its settings completed; None if missing and `missing_ok`."""
     path = Path(folder) / "metrics.json"
     try:
-        metrics = json.loads(path.read_text())
+        return Record.model_validate_json(path.read_bytes()).model_dump()
     except FileNotFoundError:
         if missing_ok:
             return None
         raise UnreadableRun(f"{path} is missing: that run has not finished.") from None
-    except (OSError, ValueError) as error:
-        raise UnreadableRun(f"{path} cannot be read ({type(error).__name__}: {error}).") from None
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("settings"), dict):
-        raise UnreadableRun(f"{path} is not the metrics.json of a run: it has no settings.")
-    wrong = wrong_fields(metrics["settings"], metrics.get("epochs"))
-    wrong += [] if isinstance(metrics.get("code"), dict | type(None)) and "code" in metrics else ["code (missing)"]
-    wrong += [f"{key} (not a number)" for key in ("test_loss",) if key in metrics and not is_number(metrics[key])]
-    evaluation = metrics.get("evaluation", {})
-    wrong += [
-        f"evaluation.{key} (not a number)" for key in EVALUATION if key in evaluation and not is_number(evaluation[key])
-    ]
-    if wrong:
-        raise UnreadableRun(f"{path} is not a whole record: wrong {', '.join(wrong[:4])}.")
-    return metrics
-
-
-ROW = ("epoch", "train_loss", "test_loss", "test_recon", "test_kl", "seconds")  # an epoch of the history
-EVALUATION = ("test_loss", "test_recon", "test_kl", "elbo", "elbo_se", "iw_bound", "iw_bound_se", "iw_samples",
-              "active_units")  # fmt: skip
-
-
-def is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def wrong_fields(settings: dict, history) -> list:
-    """What a saved run (metrics.json, a checkpoint) lacks or holds wrongly: no setting is ever guessed."""
-    from harness.settings import SETTINGS
-
-    wrong = [f"settings.{n} (missing)" for n in SETTINGS if n not in settings]
-    wrong += [f"settings.{n} = {settings[n]!r} (not {s.accepts})" for n, s in SETTINGS.items()
-              if n in settings and not s.check(settings[n])]  # fmt: skip
-    if not isinstance(history, list):
-        return [*wrong, "the epochs' history (missing)"]
-    return wrong + [
-        f"epoch row {i} (fields {', '.join(ROW)} must be numbers)"
-        for i, row in enumerate(history, start=1)
-        if not isinstance(row, dict) or not all(is_number(row.get(k)) for k in ROW)
-    ]
+    except OSError as error:
+        raise UnreadableRun(f"{path} cannot be read ({error}).") from None
+    except pydantic.ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "the file"
+        raise UnreadableRun(f"{path} is not a whole record: {where}: {first['msg']}.") from None
 
 
 # ---- checkpoints -----------------------------------------------------------------------------
 class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used: unreadable, not ours, or from other settings."""
-
-
-CHECKPOINT_TYPES = {
-    "model": dict,
-    "optimizer": dict,
-    "epoch": int,
-    "metrics": list,
-    "settings": dict,
-    "rng": torch.Tensor,
-    "resumed": list,
-    "code": dict | type(None),  # None: made before runs recorded their code
-    "machine": dict | type(None),  # None: made before checkpoints recorded their machine
-}
-RNG = {len(torch.Generator().get_state()), 16}  # the bytes of a CPU generator's state, and of CUDA's
+    """A checkpoint or weights file cannot be used; the message names it and says why."""
 
 
 def save_checkpoint(path, state: dict) -> Path:
@@ -121,64 +124,34 @@ def save_checkpoint(path, state: dict) -> Path:
 
 
 def safe_load(path, what):
-    """torch.load(weights_only=True), or CheckpointError with the reason in one line.
-
-    torch.save writes a zip archive: anything else (empty, truncated, another format) is refused
-    before torch reads it. A forbidden global is named, without torch's advice to turn off the
-    safe loader.
-    """
-    path = Path(path)
-    if not path.is_file() or not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{what} cannot be used: it is truncated or not a PyTorch file.")
+    """torch.load(weights_only=True: it runs no code), or CheckpointError with torch's reason in one line."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 -- whatever torch.load raised, the file is unusable
-        text = str(error)
-        forbidden = re.search(r"GLOBAL ([\w.]+)", text)
-        if forbidden:
-            reason = (
-                f"it names the Python object {forbidden.group(1)}, which a checkpoint never holds "
-                "(refused unread: loading it could run code)"
-            )
-        else:
-            first = next((line for line in text.splitlines() if line.strip() and "weights_only" not in line), "")
-            reason = f"{type(error).__name__}: {first[:200]}"
-        raise CheckpointError(f"{what} cannot be used: {reason}.") from None
+        named = re.search(r"GLOBAL ([\w.]+)", str(error))  # torch's advice to load it unsafely is not repeated
+        first = re.split(r"(?<=\.) ", (str(error).splitlines() or ["empty or cut short"])[0])[0]  # its first sentence
+        reason = (
+            f"it names the Python object {named[1]} (refused unread)" if named else f"{type(error).__name__}: {first}"
+        )
+        raise CheckpointError(f"{what} cannot be used: {reason[:200]}") from None
 
 
 def load_checkpoint(path, model=None) -> dict:
-    """Load a checkpoint written by `save_checkpoint` with `weights_only=True` (it runs no code).
-
-    Raises `CheckpointError`, stating the reason, when the file cannot be read, is not a checkpoint
-    of this notebook (keys, types), or holds another model (with `model`: names or shapes differ).
-    Whether its settings fit the run is `folders.check_folder`'s question.
-    """
+    """A checkpoint written by `TrainingRun`, its settings completed (and with `model`: of its shapes)."""
     state = safe_load(path, f"the checkpoint {path}")
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} is not a checkpoint of this notebook: it holds a {type(state).__name__}.")
-    state.setdefault("code", None)
-    state.setdefault("machine", None)
-    wrong = [
-        f"{key} (expected {getattr(kind, '__name__', 'dict')}, found {type(state.get(key)).__name__})"
-        for key, kind in CHECKPOINT_TYPES.items()
-        if not isinstance(state.get(key), kind)
-    ]
-    if not wrong and not all(isinstance(t, torch.Tensor) for t in state["model"].values()):
-        wrong.append("model (not all tensors)")
-    if not wrong and (state["epoch"] < 1 or len(state["metrics"]) != state["epoch"]):
-        wrong.append(f"epoch {state['epoch']} with {len(state['metrics'])} epochs of metrics")
-    if not wrong:
-        wrong = wrong_fields(state["settings"], state["metrics"])
-    if not wrong and (state["rng"].dtype != torch.uint8 or state["rng"].dim() != 1 or len(state["rng"]) not in RNG):
-        wrong.append(f"rng (a generator state of {len(state['rng'])} {state['rng'].dtype} values)")
-    if wrong:
-        raise CheckpointError(f"{path} is not a checkpoint of this notebook: wrong {', '.join(wrong)}.")
+    try:
+        state["settings"] = settings.complete(state["settings"])
+        wrong = settings.wrong(state["settings"])
+        assert state["epoch"] == len(state["metrics"]) >= 1, f"epoch {state['epoch']}, {len(state['metrics'])} rows"
+        assert not wrong, ", ".join(wrong)
+        state.setdefault("code", None)
+        state.setdefault("machine", None)
+        for key in ("model", "optimizer", "rng", "resumed"):
+            state[key]
+    except (AssertionError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{path} is not a checkpoint of this notebook: {type(error).__name__} {error}") from None
     if model is not None:
         check_weights(state["model"], model, path)
-        shapes = [tuple(p.shape) for p in model.parameters()]
-        moments = [(i, t) for i, st in state["optimizer"].get("state", {}).items() for t in st.values()]
-        if any(t.dim() and (not 0 <= int(i) < len(shapes) or tuple(t.shape) != shapes[int(i)]) for i, t in moments):
-            raise CheckpointError(f"{path} holds an optimiser of another model (its moments' shapes differ).")
     return state
 
 
@@ -188,13 +161,13 @@ def save_weights(path, model) -> Path:
 
 
 def load_weights(path, model=None) -> dict:
-    """A state dict written by `save_weights`, loaded safely (into `model`, checked against it), or CheckpointError.
-
-    Without `model` it is only checked whole: the settings check does that before any data is loaded.
-    """
+    """A state dict of finite tensors written by `save_weights` (loaded into `model`), or CheckpointError."""
     weights = safe_load(path, f"weights={path}")
     if not isinstance(weights, dict) or not weights or not all(isinstance(t, torch.Tensor) for t in weights.values()):
         raise CheckpointError(f"weights={path} is not a weights file (a state dict of tensors).")
+    bad = [name for name, t in weights.items() if t.is_floating_point() and not t.isfinite().all()]
+    if bad:
+        raise CheckpointError(f"weights={path} holds NaN or infinite values (in {bad[0]}): a diverged run's.")
     if model is not None:
         check_weights(weights, model, f"weights={path}")
         model.load_state_dict(weights)

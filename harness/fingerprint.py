@@ -19,6 +19,7 @@ import tokenize
 from pathlib import Path
 
 from harness import NOTEBOOK, REPO, mnist
+from harness.settings import SETTINGS
 
 FILES = ("vae_utils.py",)
 RAN = {}  # cell id -> the code this kernel last ran for it, in the order first run
@@ -80,14 +81,26 @@ FSTRING_START, FSTRING_END = getattr(tokenize, "FSTRING_START", -1), getattr(tok
 
 
 def is_parameters(code: str) -> bool:
-    """The parameters cell (or papermill's injected one): only assignments of settings."""
-    from harness.settings import SETTINGS
+    """The parameters cell (or papermill's injected one): only settings given plain values (`epochs = 5`).
 
+    A cell that computes a value (`seed = model.fc_mu.weight.data.mul_(0.5)`) is code, whatever its names.
+    """
     try:
         body = ast.parse(code).body
+        return all(
+            isinstance(s, ast.Assign) and getattr(s.targets[0], "id", None) in SETTINGS and literal(s.value)
+            for s in body
+        )
     except SyntaxError:
         return False
-    return all(isinstance(s, ast.Assign) and getattr(s.targets[0], "id", None) in SETTINGS for s in body)
+
+
+def literal(node) -> bool:
+    try:
+        ast.literal_eval(node)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def notebook_in_use() -> Path:

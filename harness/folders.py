@@ -1,24 +1,66 @@
-"""Where a run writes, and what a folder may hold before a run writes into it.
+"""Where a run writes, and what a folder may hold before a run writes into it; `resolve`, the settings cell.
 
-Only the spec's run writes `results/`, the record; a study's run writes its own
-`results/studies/NAME/RUN/`; every other run inside the repository writes under `runs/`, and a folder
-outside it is the user's. A run writes only into a new or empty folder or its own run's, and never
-goes on from a run of other settings. Each rule is a `SettingsError` of one line, before any work.
+Only the spec's run writes `results/`, the record of the current code (and only on a machine like
+the one that made it: elsewhere it goes to `runs/spec-<cpu>/`); a study's run writes its own
+`results/studies/NAME/RUN/`; every other run inside the repository writes under `runs/`, and a
+folder outside it is the user's. A run writes only into a new or empty folder or its own run's
+(its settings, its code, its weights), and never goes on from another. Each rule is a
+`SettingsError` of one line, before any work.
 """
 
-import os
+import hashlib
+import re
 from pathlib import Path
 
-from harness import REPO, files
-from harness.settings import RESUME_MAY_CHANGE, SPEC, SettingsError, differences, is_spec_run, run_name
+from harness import REPO, files, fingerprint
+from harness.plans import STUDIES
+from harness.provenance import cpu_name
+from harness.settings import (
+    RESUME_MAY_CHANGE,
+    SPEC,
+    SettingsError,
+    differences,
+    is_spec_run,
+    read,
+    run_name,
+    shown,
+)
 
 RECORD = REPO / "results"  # the committed record of the spec run
 STUDY_RECORD = RECORD / "studies"  # the committed studies: results/studies/NAME/RUN/
 RUNS = REPO / "runs"  # every other run inside the repository, one folder each (ignored by git)
 
 
-def inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
+def resolve(parameters=None, environ=None, claim_folder=True, source="the parameters cell"):
+    """The settings cell: the settings read and checked (`settings.read`), the weights checked whole,
+    and the run's folder chosen (`results_dir` becomes it) and, with `claim_folder`, locked and checked."""
+    s = read(parameters, environ, source)
+    if s.weights:
+        try:
+            files.load_weights(REPO / s.weights)  # whole and finite, before the data is loaded or a folder made
+        except files.CheckpointError as error:
+            raise SettingsError(str(error)) from None
+    try:  # the system's own words where a folder cannot be: not writable, a name too long, not a folder
+        folder = results_folder(s)
+        s.results_dir = shown(folder)
+        foreign = not_a_runs(folder)
+        if foreign:
+            names = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+            raise SettingsError(
+                f"{s.results_dir} holds files no run made ({names}): a run writes only into a new or "
+                "empty folder, or its own. Choose another name or results_dir."
+            )
+        if (REPO / s.data_dir).resolve().is_relative_to(RECORD):
+            raise SettingsError(f"data_dir={s.data_dir}: MNIST does not go into results/, the record. Choose "
+                                "another folder (the default is data/).")  # fmt: skip
+        if claim_folder:
+            files.lock_folder(folder)
+            check_folder(s, folder)
+    except files.FolderInUse as error:
+        raise SettingsError(str(error)) from None
+    except OSError as error:
+        raise SettingsError(f"results_dir={s.results_dir or error.filename}: {error.strerror or error}.") from None
+    return s
 
 
 def results_folder(settings) -> Path:
@@ -28,33 +70,48 @@ def results_folder(settings) -> Path:
     runs/, or into a study's own results/studies/NAME/RUN/ with that run's settings; only the spec's
     run writes results/. Anything else is refused; a folder outside the repository is the user's.
     """
-    from harness.studies import STUDIES
-
     if settings.results_dir:
         asked, named = Path(settings.results_dir).expanduser(), f"results_dir={settings.results_dir}"
     else:
         spec_record = is_spec_run(settings) and not settings.name
-        asked = RECORD if spec_record else RUNS / (settings.name or run_name(settings))
+        asked = record_or_elsewhere() if spec_record else RUNS / (settings.name or run_name(settings))
         named = "the spec's run" if spec_record else f"name={settings.name or run_name(settings)}"
     where = (REPO / asked).resolve()
-    too_long = [part for part in where.parts if len(part.encode()) > 255]
-    if too_long:
-        raise SettingsError(f"{named}: the folder name {too_long[0][:40]}... is longer than 255 bytes.")
-    study = where.relative_to(STUDY_RECORD).parts if inside(where, STUDY_RECORD) else ()
+    study = where.relative_to(STUDY_RECORD).parts if where.is_relative_to(STUDY_RECORD) else ()
     planned = STUDIES.get(study[0], {}).get(study[1]) if len(study) == 2 else None
     if (
-        not inside(where, REPO)
+        not where.is_relative_to(REPO)
         or (planned is not None and not differences({**SPEC, **planned}, settings))  # a study's run, its own folder
         or (where == RECORD and is_spec_run(settings))
-        or (inside(where, RUNS.resolve()) and where != RUNS.resolve())
+        or (where.is_relative_to(RUNS.resolve()) and where != RUNS.resolve())
     ):
         return where
     raise SettingsError(
-        f"{named} is {where}: inside the repository a run writes only under "
-        f"runs/ ({'results/ is the record of the spec run' if inside(where, RECORD) else 'the rest is the code'}). "
+        f"{named} is {where}: inside the repository a run writes only under runs/ "
+        f"({'results/ is the record of the spec run' if where.is_relative_to(RECORD) else 'the rest is the code'}). "
         f"Leave results_dir empty (this run then goes to runs/{run_name(settings)}/), or choose a folder "
         "under runs/ or outside the repository."
     )
+
+
+def record_or_elsewhere():
+    """results/, unless it holds this code's spec run made on another CPU: then `runs/spec-<this cpu>/`.
+
+    The last digits of a run differ between CPUs (their kernels round differently): the record stays the
+    machine's that made it, and the same command on another machine is not a change to the record.
+    """
+    try:
+        record = files.read_metrics(RECORD)
+    except files.UnreadableRun:
+        return RECORD
+    made_on, here = record["provenance"].get("cpu"), cpu_name()
+    if made_on in (None, here) or fingerprint.changes(record["code"], fingerprint.code_of()):
+        return RECORD
+    folder = RUNS / ("spec-" + re.sub(r"[^\w.-]+", "-", here).strip("-")[:60])
+    print(
+        f"results/ holds this code's spec run from another CPU ({made_on}); this one ({here}) goes to {shown(folder)}/"
+    )
+    return folder
 
 
 def not_a_runs(folder: Path) -> list:
@@ -65,25 +122,27 @@ def not_a_runs(folder: Path) -> list:
     return names
 
 
-def shown(path: Path) -> str:
-    """A path as the user reads it: relative to the repository when inside it."""
-    return str(path.relative_to(REPO)) if inside(path, REPO) else str(path)
+def other_code(saved, code, folder: Path, resume: bool) -> str | None:
+    """Why `folder`'s saved run (a record or checkpoint) may not be continued or kept by a run of `code`, or None.
+
+    In results/ (the record of the current code) the spec's run starts afresh over another code's run.
+    """
+    changed = fingerprint.changes(saved.get("code"), code) if saved else []
+    if not changed or (folder == RECORD and not resume):
+        return None
+    return (
+        f"{shown(folder)}/ holds a run of other code (changed: {'; '.join(changed)}): it is kept. Give this run "
+        f"another folder (name = '...', headless VAE_NAME=...), or delete {shown(folder)}/ to train this code there."
+    )
 
 
-def writable_folder(path: Path, name: str):
-    """SettingsError unless `path` is a folder that exists or can be made, and can be written."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise SettingsError(f"{name}={shown(path)}: {existing} is not a folder. Choose a folder.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise SettingsError(f"{name}={shown(path)}: {existing} is not writable. Choose a folder you can write to.")
+def digest(path) -> str:
+    return hashlib.sha256(Path(REPO / path).read_bytes()).hexdigest()[:16]
 
 
 def check_folder(settings, folder: Path):
-    """Refuse a folder holding another run, or an unfinished run when `resume` is not set."""
-    fixed = [name for name in SPEC if name not in RESUME_MAY_CHANGE]
+    """Refuse a folder holding another run (settings, code, weights), or an unfinished one without `resume`."""
+    fixed = [name for name in SPEC if name not in RESUME_MAY_CHANGE or not settings.resume]
     checkpoint = folder / "checkpoint.pt"
     try:
         previous = files.read_metrics(folder, missing_ok=True)
@@ -92,13 +151,22 @@ def check_folder(settings, folder: Path):
         if folder == RECORD:  # the record of the spec run, of older code: the spec's run makes it anew
             return
         raise SettingsError(f"{error} Delete it to start afresh, or choose another name or results_dir.") from None
-    for what, saved in ((settings.results_dir, previous), (checkpoint, state)):
-        found = differences(saved["settings"], settings, fixed if state else SPEC) if saved else []
+    code = fingerprint.code_of()
+    for what, saved in ((shown(folder), previous), (checkpoint, state)):
+        found = differences(saved["settings"], settings, fixed) if saved else []
         if found:
             raise SettingsError(
                 f"{what} holds a run with other settings ({'; '.join(found)}). Choose another name or "
-                "results_dir, or delete that folder."
+                f"results_dir, or delete that folder{' (or set resume to change them)' if not settings.resume else ''}."
             )
+        refused = other_code(saved, code, folder, settings.resume)
+        if refused:
+            raise SettingsError(refused)
+    if settings.weights and previous and previous.get("weights_from", {}).get("sha256") != digest(settings.weights):
+        raise SettingsError(
+            f"{shown(folder)} holds the evaluation of other weights than {settings.weights} holds now: it is kept. "
+            "Choose another name or results_dir."
+        )
     if state is None:
         return
     if state["epoch"] > settings.epochs:
@@ -112,33 +180,3 @@ def check_folder(settings, folder: Path):
             "set resume = True in the parameters cell (headless: VAE_RESUME=1); to start afresh delete it or "
             "choose another name."
         )
-
-
-def choose(settings, claim_folder=True) -> Path:
-    """Choose and check the run's folder (`settings.results_dir` becomes it) and data_dir.
-
-    With `claim_folder`, take the folder's lock (one writer per run folder) and check what it holds.
-    """
-    folder = results_folder(settings)
-    settings.results_dir = shown(folder)
-    writable_folder(folder, "results_dir")
-    foreign = not_a_runs(folder)
-    if foreign:
-        shown_names = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
-        raise SettingsError(
-            f"{settings.results_dir} holds files no run made ({shown_names}): a run writes only into a new or "
-            "empty folder, or its own. Choose another name or results_dir."
-        )
-    data = (REPO / settings.data_dir).resolve()
-    if inside(data, RECORD):
-        raise SettingsError(f"data_dir={settings.data_dir}: MNIST does not go into results/, the record. Choose "
-                            "another folder (the default is data/).")  # fmt: skip
-    if not (data / "MNIST" / "raw").is_dir():
-        writable_folder(data, "data_dir")
-    if claim_folder:
-        try:
-            files.lock_folder(folder)
-        except files.FolderInUse as error:
-            raise SettingsError(str(error)) from None
-        check_folder(settings, folder)
-    return folder

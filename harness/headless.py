@@ -2,7 +2,7 @@
 
     python -m harness.headless    # the settings come from the VAE_* environment variables
 
-The settings are read and checked once (`harness.settings.resolve`, without touching the run's folder): a
+The settings are read and checked once (`harness.folders.resolve`, without touching the run's folder): a
 bad one is refused in one line before a kernel starts. They reach the notebook the way papermill
 passes parameters, as a cell injected after the cell tagged `parameters`, and the kernel's
 environment holds no VAE_* variable, so nothing is read twice. The kernel's settings cell takes the
@@ -15,23 +15,16 @@ notebook is. Ctrl-C, SIGTERM or SIGHUP stops the kernel (the model goes back to 
 epoch, which the checkpoint holds) and says what was kept; the exit status is 128 + the signal.
 """
 
-import os
-import signal
-import sys
-
-from harness import NOTEBOOK, PREFIX, REPO, STOPS
+from harness import stopped_in_one_line
 
 if __name__ == "__main__":  # a stop while the imports below load (seconds) ends in one line too
-
-    def stopped_early(signum, frame):
-        print(f"stopped ({STOPS[signum]}) before the kernel started: nothing was written.", file=sys.stderr)
-        os._exit(128 + signum)
-
-    for early in STOPS:
-        signal.signal(early, stopped_early)
+    stopped_in_one_line("before the kernel started: nothing was written")
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
 from pathlib import Path
 
 import nbclient
@@ -39,7 +32,8 @@ import nbformat
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from harness import files, folders, settings
+from harness import NOTEBOOK, PREFIX, REPO, STOPS, Stopped, files, folders, raise_stopped, settings
+from harness.folders import resolve
 from vae_utils import atomic_path
 
 FAILED_SPEC_RUN = folders.RUNS / "failed-spec-run.ipynb"
@@ -53,14 +47,6 @@ class RunFailed(Exception):
     def __init__(self, message, code=EXIT_FAILED, ename=None):
         super().__init__(message)
         self.code, self.ename = code, ename
-
-
-class Stopped(KeyboardInterrupt):
-    """A stop signal arrived in this process (outside the kernel)."""
-
-    def __init__(self, signum):
-        super().__init__(f"stopped ({STOPS[signum]})")
-        self.signum = signum
 
 
 class LiveClient(nbclient.NotebookClient):
@@ -158,7 +144,7 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
     message when the notebook fails (a refusal of the settings cell included) or is stopped.
     """
     echo = echo or to_stdout
-    resolved = settings.resolve(parameters, environ={}, claim_folder=False, source=source)
+    resolved = resolve(parameters, environ={}, claim_folder=False, source=source)
     folder = REPO / resolved.results_dir
     spec_run = folder == folders.RECORD
     given = {k: v for k, v in parameters.items() if k not in ("name", "results_dir")}
@@ -171,7 +157,8 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
         injected = {}
     else:
         output, failed_output = folder / NOTEBOOK.name, folder / "failed-run.ipynb"  # a finished run's notebook stays
-        echo(f"an experiment ({settings.run_name(resolved)}): everything goes to {resolved.results_dir}/\n")
+        what = "the spec's run" if settings.is_spec_run(resolved) else f"an experiment ({settings.run_name(resolved)})"
+        echo(f"{what}: everything goes to {resolved.results_dir}/\n")
         injected = {**given, "results_dir": str(folder)}
     nb = load_notebook_node(str(NOTEBOOK))  # papermill's reader: every cell has its tags
     for cell in nb.cells:  # a failed run must not show the committed run's outputs below the failure
@@ -252,10 +239,6 @@ def to_stdout(text):
         sys.stdout.flush()
     except BrokenPipeError:  # the run goes on without output
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
-def raise_stopped(signum, frame):
-    raise Stopped(signum)
 
 
 def main():

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 
 from harness import REPO
-from harness.folders import inside
 
 
 def machine_of(model) -> dict:
@@ -53,7 +52,7 @@ def provenance(device, results) -> dict:
     if commit is not None:
         status = ["status", "--porcelain", "--untracked-files=no", "--", "."]
         results = Path(results).resolve()
-        if inside(results, REPO):
+        if results.is_relative_to(REPO):
             status.append(f":(exclude){results.relative_to(REPO)}")
         changes, reason = git(*status)
         dirty = None if changes is None else bool(changes)

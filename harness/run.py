@@ -2,15 +2,15 @@
 
 `TrainingRun.start` begins a run, from scratch, from the folder's checkpoint (a finished run, or
 `resume`), or from given weights, and says which; a run is its settings and its code
-(`fingerprint.code_of`), and a checkpoint or record of other code is never continued or reloaded.
-`record_epoch` scores nothing itself: it takes an epoch's losses, refuses a non-finite one, and
-saves the checkpoint. `stop_safely` wraps the training loop: a stop (the kernel interrupt, Ctrl-C)
-or a failure puts the model, the optimiser and the generator back at the end of the last complete
-epoch, so that running the cell again goes on exactly as an uninterrupted run would. `record`
-writes metrics.json and vae.pt together.
+(`fingerprint.code_of`, taken once), and a checkpoint of other code is never continued.
+`epochs` gives the epochs left; `record_epoch` takes an epoch's losses, refuses a non-finite one,
+and saves the checkpoint. A stop (the kernel interrupt, Ctrl-C) or a failure inside an epoch puts
+the model, the optimiser and the generator back at the end of the last complete epoch: at once in
+a kernel (which then says so in one line), else at the run's next call. So no record or checkpoint
+ever holds a mid-epoch model, and going on gives exactly the uninterrupted run. `record` writes
+metrics.json and vae.pt together.
 """
 
-import contextlib
 import copy
 import math
 from pathlib import Path
@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from harness import REPO, files, fingerprint
-from harness.folders import RECORD
+from harness.folders import RECORD, digest, other_code
 from harness.provenance import machine_of, provenance
+from harness.settings import SPEC
 
 IGNORED_ON_RESUME = {"resume", "results_dir", "name"}
 fingerprint.watch_kernel()  # imported by the notebook's first cell: from then on the kernel notes each cell's code
@@ -56,20 +57,22 @@ class RunStopped(KeyboardInterrupt):
 
 
 class TrainingRun:
+    current = None  # this process's run, for the kernel's stop handler
+
     def __init__(self, settings, model, optimizer, generator):
         self.settings, self.model, self.optimizer, self.generator = settings, model, optimizer, generator
         self.folder = REPO / settings.results_dir
         self.checkpoint = self.folder / "checkpoint.pt"
-        self.history, self.resumed, self.epoch, self.show_history = [], [], 0, False
+        self.history, self.resumed, self.epoch, self.in_epoch, self.show_history = [], [], 0, None, False
         self.trains = not settings.weights
-        self.code = fingerprint.code_of()
+        self.code = fingerprint.code_of()  # once: the record names the code that ran, even if a file changes later
         self.machine = machine_of(model)  # once: it reads /proc/cpuinfo, and each checkpoint records it
         self.snapshot = self.state()
 
     @classmethod
     def start(cls, settings, model, optimizer, generator) -> "TrainingRun":
         """A new run, the folder's run continued, or given weights; prints which."""
-        run = cls(settings, model, optimizer, generator)
+        run = TrainingRun.current = cls(settings, model, optimizer, generator)
         run.check(model, optimizer)
         try:
             state = files.load_checkpoint(run.checkpoint, model) if run.checkpoint.exists() else None
@@ -77,53 +80,41 @@ class TrainingRun:
         except (files.CheckpointError, files.UnreadableRun):
             if run.folder != RECORD:
                 raise
-            state, previous = None, {"code": None}  # results/ of older code: the spec's run makes it anew
+            state, previous = None, None  # results/ of older code: the spec's run makes it anew
+        refused = other_code(state or previous, run.code, run.folder, settings.resume)
+        if refused:  # the code changed since the settings cell checked the folder
+            raise RunRefused(refused)
         if settings.weights:
-            files.load_weights(settings.weights, model)
+            files.load_weights(REPO / settings.weights, model)
             run.weights_from = weights_code(settings.weights, run.code)
             print(f"no training: evaluating the weights in {settings.weights} ({run.weights_from['said']})")
-        elif run.made_by_other_code(state or previous):
-            print(f"training from scratch: {settings.epochs} epochs; {run.why_afresh}")
-        elif state is not None:  # folders.check_folder allowed it: finished, or resume
+        elif state is not None and not fingerprint.changes(state["code"], run.code):
             run.restore(state)
-            if run.epoch < settings.epochs:
-                changed = resume_changes(state["settings"], settings)
-                before, now = state.get("machine"), run.machine
-                if before is not None and before != now:  # its numbers agree with an uninterrupted run's only
-                    changed["machine"] = [before, now]  # to float rounding: the record says so
-                    elsewhere = "; ".join(f"{k}: {before.get(k)!r} there, {v!r} now" for k, v in now.items()
-                                          if before.get(k) != v)  # fmt: skip
-                    print(f"note: epochs 1 to {run.epoch} ran on another machine ({elsewhere}); "
-                          "the record's `resumed` says so")  # fmt: skip
+            changed = resume_changes(state["settings"], settings)
+            if run.epoch == settings.epochs:  # a finished run, evaluated again: only a change of its numbers counts
+                changed = {name: values for name, values in changed.items() if name in SPEC}
+            before, now = state.get("machine"), run.machine
+            if run.epoch < settings.epochs and before is not None and before != now:
+                changed["machine"] = [before, now]  # its numbers agree with an uninterrupted run's only to rounding
+                elsewhere = "; ".join(f"{k}: {before.get(k)!r} there, {v!r} now" for k, v in now.items()
+                                      if before.get(k) != v)  # fmt: skip
+                print(f"note: epochs 1 to {run.epoch} ran on another machine ({elsewhere}); "
+                      "the record's `resumed` says so")  # fmt: skip
+            if changed or run.epoch < settings.epochs:
                 run.resumed = [*state["resumed"], {"after_epoch": run.epoch, "changed": changed}]
+            if run.epoch < settings.epochs:
                 print(f"resuming after epoch {run.epoch} from {run.checkpoint}")
             else:
                 print(f"the run in {settings.results_dir} is trained ({run.epoch} epochs): its checkpoint is loaded")
                 run.show_history = True  # the training cell shows the epochs it loaded, as the run printed them
         else:
-            if settings.resume:
+            if state is not None:
+                print(f"{settings.results_dir}/ held a run of other code; results/ is the current code's record")
+            elif settings.resume:
                 print(f"resume is set but there is no {run.checkpoint}: starting from scratch")
             print(f"training from scratch: {settings.epochs} epochs, results in {settings.results_dir}/")
         run.snapshot = run.state()
         return run
-
-    def made_by_other_code(self, saved) -> bool:
-        """True when the folder holds a run of other code and the spec's run trains afresh over it.
-
-        In results/ (the record of the current code) the spec's run starts afresh; any other folder
-        is kept as it is and the run refused. False when the folder holds nothing, or this code's run.
-        """
-        changed = fingerprint.changes(saved["code"], self.code) if saved else []
-        if not changed:
-            return False
-        what = f"{self.settings.results_dir}/ holds a run of other code (changed: {'; '.join(changed)})"
-        if self.folder == RECORD and not self.settings.resume:
-            self.why_afresh = f"{what}, and results/ is the record of the current code"
-            return True
-        raise RunRefused(
-            f"{what}: it is kept. Give this run another folder (name = '...', headless VAE_NAME=...), "
-            f"or delete {self.settings.results_dir}/ to train this code there."
-        )
 
     def check(self, model, optimizer):
         """Refuse a model and optimiser that are not this run's (a cell run again alone), before any training."""
@@ -151,45 +142,48 @@ class TrainingRun:
 
     def restore(self, state: dict):
         state = copy.deepcopy(state)  # the optimiser would otherwise update the saved tensors in place
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["rng"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.generator.set_state(state["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:  # whatever does not fit: one line
+            first = str(error).strip().splitlines()[0][:200]
+            raise files.CheckpointError(f"{self.checkpoint} does not fit this run: {first}") from None
         self.history, self.epoch, self.resumed = state["metrics"], state["epoch"], state["resumed"]
 
-    def epochs_to_train(self, model, optimizer) -> range:
+    def back_to_last_epoch(self) -> int | None:
+        """After a stop or failure inside an epoch: the model, optimiser and generator as the last one ended.
+        Returns the epoch that was stopped, or None when none was."""
+        stopped, self.in_epoch = self.in_epoch, None
+        if stopped is not None:
+            self.restore(self.snapshot)
+        return stopped
+
+    def epochs(self, model, optimizer):
         """The epochs left, numbered on from the last complete one (none when the run is finished).
 
         `model` and `optimizer` are the ones the training cell uses: they must be this run's.
         """
         self.check(model, optimizer)
+        self.back_to_last_epoch()
         if self.show_history:
             self.show_history = False
             for row in self.history:
                 print(epoch_line(row))
-        return range(self.epoch + 1, self.settings.epochs + 1) if self.trains else range(0)
+        for epoch in range(self.epoch + 1, self.settings.epochs + 1) if self.trains else ():
+            self.in_epoch = epoch
+            yield epoch
+            if self.in_epoch is not None:
+                self.back_to_last_epoch()
+                raise RunRefused(f"epoch {epoch} ended without run.record_epoch(...): the model is back at epoch "
+                                 f"{self.epoch}. Call it at the end of each epoch.")  # fmt: skip
 
-    @contextlib.contextmanager
-    def stop_safely(self):
-        """On a stop or a failure inside, go back to the last complete epoch; a stop says so in one line."""
-        try:
-            yield
-        except BaseException as error:
-            stopped_in = self.epoch + 1
-            self.restore(self.snapshot)
-            if not isinstance(error, KeyboardInterrupt) or isinstance(error, RunStopped):
-                raise
-            kept = f"the end of epoch {self.epoch}, as in {self.checkpoint}" if self.epoch else "its initial weights"
-            raise RunStopped(
-                f"Stopped during epoch {stopped_in}: the model is back at {kept}. Run this cell again to go on."
-            ) from None
-
-    def record_epoch(self, epoch, step_losses, test_terms, seconds) -> str:
+    def record_epoch(self, epoch, step_losses, train_loss, test_terms, seconds) -> str:
         """Check an epoch's losses, add them to the history and save the checkpoint; the line to print."""
         bad_step = first_nonfinite(step_losses)
         if bad_step is not None:
             where = f"batch {bad_step} of {len(step_losses)}"
             raise NonFiniteLossError(epoch, where, self.checkpoint, self.settings.lr)
-        train_loss = step_losses.sum().item() / self.settings.train_size
         test_loss, test_recon, test_kl = test_terms
         if not all(map(math.isfinite, (train_loss, test_loss, test_recon, test_kl))):
             raise NonFiniteLossError(epoch, "in the evaluation after it", self.checkpoint, self.settings.lr)
@@ -197,20 +191,25 @@ class TrainingRun:
                    test_kl=test_kl, seconds=round(seconds, 3))  # fmt: skip
         state = {**self.state(), "epoch": epoch, "metrics": [*self.history, row]}
         files.save_checkpoint(self.checkpoint, state)  # then the run is at this epoch, not before
-        self.history, self.epoch, self.snapshot = list(state["metrics"]), epoch, state
+        self.history, self.epoch, self.snapshot, self.in_epoch = list(state["metrics"]), epoch, state, None
         return epoch_line(row)
 
     def record(self, evaluation: dict, device, model) -> dict:
         """metrics.json (settings, code, provenance, history, evaluation, figures) and, when trained, vae.pt.
 
-        `model` is the one the evaluation used: it must be this run's.
+        `model` is the one the evaluation used: it must be this run's, at the end of a complete epoch.
         """
         self.check(model, self.optimizer)
+        stopped = self.back_to_last_epoch()
+        if stopped is not None:
+            raise RunRefused(f"training stopped during epoch {stopped}, so the cells above evaluated a model "
+                             f"between two epochs; it is back at epoch {self.epoch} now: run the cells again "
+                             "from the training cell on.")  # fmt: skip
         if self.trains:
             files.save_weights(self.folder / "vae.pt", self.model)
         metrics = {
             "settings": vars(self.settings),
-            "code": fingerprint.code_of(),
+            "code": self.code,
             **({"weights_from": self.weights_from} if self.settings.weights else {}),
             "provenance": provenance(device, self.folder),
             "finished": self.epoch == self.settings.epochs or not self.trains,
@@ -220,8 +219,36 @@ class TrainingRun:
             "evaluation": evaluation,
             "figures": sorted(path.name for path in self.folder.glob("*.png")),
         }
+        files.Record.model_validate(metrics)  # the one schema, on the way in too
         files.write_json(self.folder / "metrics.json", metrics)
         return metrics
+
+
+def on_stop(shell, etype, value, tb, tb_offset=None):
+    """The kernel's handler of a stop: inside an epoch, the model goes back to the last complete one, in one line."""
+    run = TrainingRun.current
+    stopped = run.back_to_last_epoch() if run is not None else None
+    if stopped is not None:
+        kept = f"the end of epoch {run.epoch}, as in {run.checkpoint}" if run.epoch else "its initial weights"
+        value = RunStopped(
+            f"Stopped during epoch {stopped}: the model is back at {kept}. Run this cell again to go on."
+        )
+        etype, tb = RunStopped, None
+    shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+
+
+def watch_stops():
+    """In an IPython kernel, `on_stop` handles every KeyboardInterrupt of a cell from now on."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.set_custom_exc((KeyboardInterrupt,), on_stop)
+
+
+watch_stops()
 
 
 def epoch_line(row) -> str:
@@ -231,13 +258,14 @@ def epoch_line(row) -> str:
 
 def weights_code(path, code) -> dict:
     """Which code made the weights in `path`, from the metrics.json beside them, for the record."""
+    sha256 = digest(path)
     try:
         saved = files.read_metrics(Path(REPO / path).parent).get("code")
     except files.UnreadableRun:
-        return {"code": None, "said": "their code is unknown: no metrics.json of a run beside them"}
+        return {"code": None, "sha256": sha256, "said": "their code is unknown: no metrics.json of a run beside them"}
     changed = fingerprint.changes(saved, code)
     said = f"made by other code: {'; '.join(changed)} changed" if changed else "made by this code"
-    return {"code": saved, "said": said}
+    return {"code": saved, "sha256": sha256, "said": said}
 
 
 def first_nonfinite(step_losses) -> int | None:

@@ -1,10 +1,12 @@
-"""A run's settings: the one table of them, and the one pass that reads and checks them.
+"""A run's settings: the one declaration of them, and the one pass that reads and checks their values.
 
 `SETTINGS` gives each setting its default (the spec's value), what it accepts (as data: the check
-and its words both come from it) and what it does. `resolve` reads the notebook's parameters cell,
-then the `VAE_<NAME>` environment variables (which win), checks every value and their combination,
-and has `folders` choose and claim the run's folder; anything wrong is a `SettingsError` of one line, before any
-work. `is_spec_run`, `run_name` and `differences` compare settings with the spec's or a saved run's.
+and its words both come from it), what it does, and `before`: the value a record made before the
+setting existed is read with (the default, unless the code did otherwise then). `read` takes the
+notebook's parameters cell, then the `VAE_<NAME>` environment variables (which win), and checks every
+value and their combination; anything wrong is a `SettingsError` of one line, before any work.
+`complete` reads a saved run's settings with today's declaration. Adding a setting is one line here,
+one in the parameters cell and the code that reads it (docs/building.md).
 """
 
 import hashlib
@@ -17,7 +19,7 @@ from types import SimpleNamespace
 
 import torch
 
-from harness import PREFIX, REPO, files
+from harness import PREFIX, REPO
 from vae_utils import LIKELIHOODS, LR_SCHEDULES, OBJECTIVES
 
 
@@ -39,6 +41,11 @@ class Setting:
     words: str = ""  # what it accepts, where the fields above do not say it
     note: str = ""  # said after what it accepts
     numbers: bool = True  # another value changes the recorded numbers: an experiment, not the spec's run
+    before: object = ...  # the value of a record made before this setting existed (... : the default)
+
+    @property
+    def old(self):
+        return self.default if self.before is ... else self.before
 
     @property
     def accepts(self) -> str:
@@ -73,6 +80,7 @@ SETTINGS = {
     "epochs": Setting(20, "epochs of training (with resume: the total)", 1),
     "batch_size": Setting(128, "mini-batch size", 1),
     "lr": Setting(1e-3, "Adam learning rate", 0, 0.01, note="(0.03 and more diverge within the first batches)"),
+    "adam_eps": Setting(1e-8, "Adam's epsilon (Burda et al. 2016: 1e-4)", 0, 1),
     "lr_schedule": Setting("constant", "`constant` (the spec) or `burda`: `lr` divided by 10^(1/7) after 1, 3, 9, "
                            "27, ... epochs (Burda et al. 2016)", choices=LR_SCHEDULES),
     "latent_dim": Setting(20, "size of z", 2, 784, note="(the figures need two dimensions)"),
@@ -108,7 +116,7 @@ SETTINGS = {
 # fmt: on
 SPEC = {name: s.default for name, s in SETTINGS.items() if s.numbers}
 RESUME_MAY_CHANGE = {"epochs", "iw_samples"}  # evaluation-only or the length of training
-TRAINING = {"epochs", "batch_size", "lr", "lr_schedule", "objective", "train_samples", "beta", "kl_warmup"}
+TRAINING = {"epochs", "batch_size", "lr", "adam_eps", "lr_schedule", "objective", "train_samples", "beta", "kl_warmup"}
 PATHS = ("weights", "results_dir", "data_dir")  # relative to the repository in the notebook
 MAX_TRAIN_ROWS = 2**16  # decoder rows per training step (train_samples x batch_size): about 1.5 GB
 
@@ -119,7 +127,8 @@ def is_spec_run(settings) -> bool:
 
 
 def values_of(settings) -> dict:
-    return settings if isinstance(settings, dict) else vars(settings)
+    """Settings as a dict: a saved run's (a dict) read with today's declaration."""
+    return complete(settings) if isinstance(settings, dict) else vars(settings)
 
 
 def differences(saved, current, names=SPEC) -> list:
@@ -142,6 +151,17 @@ def run_name(settings) -> str:
 def is_variable(key) -> bool:
     """A VAE_* environment variable, in any case: each is a setting or refused."""
     return key.upper().startswith(PREFIX)
+
+
+def complete(saved: dict) -> dict:
+    """A saved run's settings with every setting declared today: one it predates has the value of `before`."""
+    return {name: saved.get(name, setting.old) for name, setting in SETTINGS.items()}
+
+
+def wrong(saved: dict) -> list:
+    """The saved settings that today's declaration does not accept (a record is never guessed at)."""
+    return [f"settings.{n} = {v!r} (not {SETTINGS[n].accepts})" for n, v in complete(saved).items()
+            if not SETTINGS[n].check(v)]  # fmt: skip
 
 
 def from_text(name, text, source):
@@ -195,10 +215,7 @@ def check_combination(s):
         trained = sorted(n for n in TRAINING if getattr(s, n) != SPEC[n])
         if trained:
             raise SettingsError(f"weights skips training, so {', '.join(trained)} would change nothing; leave them.")
-        try:
-            files.load_weights(REPO / s.weights)  # whole, before the data is loaded or a folder made
-        except files.CheckpointError as error:
-            raise SettingsError(str(error)) from None
+        s.weights = shown((REPO / s.weights).resolve())  # one file, one value: given relative or absolute
     if s.objective == "elbo" and s.train_samples != 1:
         raise SettingsError(f"train_samples={s.train_samples} is the k of the iwae objective; with elbo it must be 1.")
     if s.objective == "iwae" and (s.beta != 1 or s.kl_warmup):
@@ -221,14 +238,12 @@ def check_combination(s):
 
 
 # ---- the one pass ----------------------------------------------------------------------------
-def resolve(parameters=None, environ=None, claim_folder=True, source="the parameters cell") -> SimpleNamespace:
+def read(parameters=None, environ=None, source="the parameters cell") -> SimpleNamespace:
     """The run's settings: the defaults, the parameters cell's values, then `VAE_<NAME>` variables.
 
     `parameters` may be the notebook's namespace (`globals()`): only the names of settings are read;
     `source` names where they came from in an error (`VAE_*`: each by its environment variable).
-    Every value, their combination, the device and the results folder are checked; `results_dir`
-    comes back chosen. With `claim_folder`, this process also takes the folder's lock (one writer
-    per run folder) and checks what the folder holds (another run, an unfinished one).
+    Every value, their combination and the device are checked; the folder is `folders.resolve`'s.
     """
     environ = os.environ if environ is None else environ
     values = {name: s.default for name, s in SETTINGS.items()}
@@ -249,10 +264,12 @@ def resolve(parameters=None, environ=None, claim_folder=True, source="the parame
     check_combination(settings)
     if settings.device != "auto":
         pick_device(settings.device)  # fails now, not after the data is loaded
-    from harness import folders  # the folder rules use this module's table
-
-    folders.choose(settings, claim_folder)
     return settings
+
+
+def shown(path: Path) -> str:
+    """A path as the user reads it: relative to the repository when inside it."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 # ---- the device ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from harness.figures import (
 )
 from harness.files import UnreadableRun, read_metrics, write_text
 from harness.folders import STUDY_RECORD
-from harness.studies import STUDIES
+from harness.plans import STUDIES
 
 # Published importance-weighted estimates of -log p(x) on binarised MNIST, one stochastic layer.
 PUBLISHED = [
@@ -44,6 +44,20 @@ def load_timings(root: Path) -> dict:
     """Seconds of wall time per run of a study (timings.json), or {}."""
     path = Path(root) / "timings.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def made_by(metrics) -> str:
+    """Which code made a run, as its record says: its commit, "and local changes" where the tree was dirty."""
+    commit, dirty = metrics["provenance"].get("git_commit"), metrics["provenance"].get("git_dirty")
+    return f"commit {commit[:7]}" + (" and local changes" if dirty else "") if commit else "unknown code"
+
+
+def code_line(runs: dict) -> str:
+    """Which code made the runs of a table: each commit (and whether the tree was dirty) with its runs."""
+    by_code = {}
+    for run, metrics in runs.items():
+        by_code.setdefault(made_by(metrics), []).append(run)
+    return "Made by " + "; ".join(f"{code}: {', '.join(names)}" for code, names in by_code.items()) + "."
 
 
 def table(header: list, rows: list, align: str) -> str:
@@ -220,7 +234,7 @@ def summarize(name, root=None) -> str:
     runs = {p.parent.name: read_metrics(p.parent) for p in sorted(root.glob("*/metrics.json"))}
     runs = dict(sorted(runs.items(), key=lambda kv: planned.index(kv[0]) if kv[0] in planned else len(planned)))
     table_of, figure, draw = SUMMARIES.get(name, SUMMARIES["seeds"])
-    table = table_of(runs, load_timings(root))
+    table = table_of(runs, load_timings(root)) + "\n\n" + code_line(runs)
     write_text(root / "summary.md", f"# Study `{name}`\n\n{table}\n")
     if figure:
         draw(runs, root / figure)

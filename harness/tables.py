@@ -7,18 +7,22 @@ docs/; `--write` rewrites them, and a test checks that the committed text is wha
 Each study's own table comes from summaries.py.
 """
 
+from harness import stopped_in_one_line
+
+if __name__ == "__main__":
+    stopped_in_one_line("before any table was made: every document is as it was")  # the imports take seconds
+
 import json
 import re
+import signal
 import sys
-from pathlib import Path
 
-from harness import PREFIX, REPO
-from harness.figures import by_row, scheduled
+from harness import PREFIX, REPO, STOPS, raise_stopped
 from harness.files import UnreadableRun, read_metrics, write_text
 from harness.folders import RECORD, STUDY_RECORD
+from harness.plans import STUDIES
 from harness.settings import SETTINGS
-from harness.studies import STUDIES
-from harness.summaries import SUMMARIES, difference, load_timings, nll, seeded_rows, spread, table
+from harness.summaries import SUMMARIES, code_line, load_timings, table
 
 DOCUMENTS = ["README.md", "docs/studies.md", "docs/settings.md", "docs/performance.md"]
 BENCHMARK = REPO / "benchmarks" / "results.json"
@@ -91,66 +95,16 @@ def costs_table(figures: dict) -> str:
     return table(header, rows, "lrrr") + "\n\nTraining alone: a study's k = 5000 evaluation comes on top."
 
 
-def headline(folder=STUDY_RECORD) -> str:
-    """README's sentence on binarised MNIST: the spec's objective at 20 epochs, and the best any study reached,
-    each a row's mean over its seeds (± their sd) or, for a row of one run, its number ± the standard error."""
-    found = []
-    for study in ("objectives", "budget", "burda540"):
-        done = {
-            r: read_metrics(folder / study / r)
-            for r in STUDIES[study]
-            if (folder / study / r / "metrics.json").exists()
-        }
-        for _, records in by_row({run: m for run, m in done.items() if m["finished"]}):
-            s = records[0]["settings"]
-            how = f"IWAE k = {s['train_samples']}" if s["objective"] == "iwae" else "the ELBO"
-            how += f" with a {s['kl_warmup']}-epoch KL warm-up" if s["kl_warmup"] else ""
-            how += " on Burda et al.'s rate schedule" if scheduled(records[0]) else ""
-            mean, sd = spread([nll(m) for m in records])
-            spread_of = f"sd over {len(records)} seeds" if len(records) > 1 else "one seed, se over test images"
-            found.append((mean, sd if len(records) > 1 else records[0]["evaluation"]["iw_bound_se"], spread_of,
-                          f"{how}, {s['epochs']} epochs"))  # fmt: skip
-    if not found:
-        return "(the objectives and budget studies are not run yet)"
-    spec_like = next((f for f in found if f[3] == "the ELBO, 20 epochs"), found[0])
-    best = min(found)
-    text = f"**{spec_like[0]:.2f} ± {spec_like[1]:.2f} nats** ({spec_like[2]}; {spec_like[3]})"
-    if best != spec_like:
-        text += f" and **{best[0]:.2f} ± {best[1]:.2f}** at best ({best[2]}; {best[3]}),"
-    return text
-
-
-def gains(root=None, study="objectives") -> str:
-    """What each objective gains over the ELBO in -log p(x) (means over seeds), and whether the gain is more
-    than the seeds' spread: README's and docs/studies.md's sentence, from the study's finished runs."""
-    root = Path(root or STUDY_RECORD / study)
-    done = {r: read_metrics(root / r) for r in STUDIES[study] if (root / r / "metrics.json").exists()}
-    rows = seeded_rows(done)
-    if not rows or rows[0][0] != "ELBO":
-        return f"(study `{study}` has no ELBO run yet)"
-    said = []
-    for row in rows[1:]:
-        gain, sd, verdict = difference(rows[0], row)
-        how = (
-            "one seed"
-            if sd is None
-            else f"sd {sd:.2f} over seeds, {'more' if verdict[0] == 'y' else 'less'} than twice it"
-        )
-        said.append(f"{row[0].removeprefix('ELBO, ').replace('IWAE, k', 'IWAE k')} {gain:+.2f} nats ({how})")
-    return "; ".join(said)
-
-
 def readme_tables() -> dict:
     """Every generated block of README.md and docs/, by name, from the committed files."""
-    tables = {"main": main_table(read_metrics(RECORD)), "settings": settings_table(), "headline": headline(),
-              "gains": gains()}  # fmt: skip
+    tables = {"main": main_table(read_metrics(RECORD)), "settings": settings_table()}
     if BENCHMARK.exists():
         tables["bench"] = benchmark_table(json.loads(BENCHMARK.read_text()))
         tables["costs"] = costs_table(json.loads(BENCHMARK.read_text()))
     for name, (table_of, _, _) in SUMMARIES.items():
         folder = STUDY_RECORD / name
         runs = {run: read_metrics(folder / run) for run in STUDIES[name] if (folder / run / "metrics.json").exists()}
-        tables[name] = table_of(runs, load_timings(folder)) if runs else f"(study `{name}` not run yet)"
+        tables[name] = table_of(runs, load_timings(folder)) + "\n\n" + code_line(runs) if runs else "(not run yet)"
         if len(runs) < len(STUDIES[name]):
             tables[name] += (
                 f"\n\n{len(runs)} of {len(STUDIES[name])} runs done: `python3 tasks.py study {name}` goes on."
@@ -184,10 +138,16 @@ def with_tables(text: str, tables: dict, document="the document") -> str:
 
 
 def main(argv):
+    for signum in STOPS:
+        signal.signal(signum, raise_stopped)
     try:
         make(argv)
-    except KeyboardInterrupt:
-        sys.exit("stopped (Ctrl-C): each document is as it was or whole (each is written by renaming).")
+    except KeyboardInterrupt as stop:
+        print(
+            f"{stop or 'stopped (Ctrl-C)'}: each document is as it was or whole (each is written by renaming).",
+            file=sys.stderr,
+        )
+        sys.exit(getattr(stop, "code", 130))
 
 
 def make(argv):

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 import torch
 
-from harness import REPO, files, fingerprint, headless, mnist, settings
+from harness import REPO, files, fingerprint, folders, headless, mnist, settings
 
 # Small notebook runs: a subset of MNIST, a cheap bound. Enough to exercise every cell.
 QUICK = {"train_size": 1536, "test_size": 256, "iw_samples": 2}
@@ -101,12 +101,12 @@ def folder(tmp_path):
 
 def load(**environ):
     """Settings from these VAE_* variables alone; the folder is not claimed."""
-    return settings.resolve(None, environ, claim_folder=False)
+    return folders.resolve(None, environ, claim_folder=False)
 
 
 def claim(**environ):
     """Settings as the notebook resolves them: the folder claimed (locked) and checked."""
-    return settings.resolve(None, environ)
+    return folders.resolve(None, environ)
 
 
 def checkpoint_state(s, epoch=3, epochs=None):
@@ -118,6 +118,16 @@ def checkpoint_state(s, epoch=3, epochs=None):
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
             "metrics": [history_row(e) for e in range(1, epoch + 1)], "settings": saved,
             "rng": torch.Generator().get_state(), "resumed": [], "code": fingerprint.code_of()}  # fmt: skip
+
+
+EVALUATION = {"test_loss": 1.5, "test_recon": 1.0, "test_kl": 0.5, "elbo": -1.5, "elbo_se": 0.1, "iw_bound": -1.4,
+              "iw_bound_se": 0.1, "iw_samples": 2, "active_units": 3}  # fmt: skip
+
+
+def record(saved_settings, code=None, **fields):
+    """A whole metrics.json of a finished run with these settings."""
+    return {"settings": saved_settings, "code": code, "epochs": [history_row(1)], "finished": True, "test_loss": 1.5,
+            "evaluation": dict(EVALUATION), **fields}  # fmt: skip
 
 
 def history_row(epoch, test_loss=1.5):

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import checkpoint_state, load
+from conftest import EVALUATION, checkpoint_state, load
 from harness import files, folders, provenance, settings
 from harness import run as training
 
@@ -55,45 +55,66 @@ def step(run):
     return loss.detach().reshape(1)
 
 
+def train(run, stop_in=None):
+    """The notebook's training cell: a stop (KeyboardInterrupt) in epoch `stop_in`, after half its work."""
+    for epoch in run.epochs(run.model, run.optimizer):
+        step(run)
+        if epoch == stop_in:
+            raise KeyboardInterrupt
+        run.record_epoch(epoch, losses := step(run), losses.item(), (1.0, 1.0, 0.0), 0.0)
+
+
 def test_a_stop_mid_epoch_puts_the_run_back_at_its_last_complete_epoch_and_going_on_gives_the_same_run(tmp_path):
     straight = tiny_run(tmp_path / "straight")
-    for epoch in straight.epochs_to_train(straight.model, straight.optimizer):
-        straight.record_epoch(epoch, step(straight), (1.0, 1.0, 0.0), 0.0)
+    train(straight)
     stopped = tiny_run(tmp_path / "stopped")
-    with (
-        pytest.raises(training.RunStopped, match=r"Stopped during epoch 2: the model is back at the end of epoch 1"),
-        stopped.stop_safely(),
-    ):
-        for epoch in stopped.epochs_to_train(stopped.model, stopped.optimizer):
-            step(stopped)  # half an epoch's work, then the stop button
-            if epoch == 2:
-                raise KeyboardInterrupt
-            stopped.record_epoch(epoch, step(stopped), (1.0, 1.0, 0.0), 0.0)
+    with pytest.raises(KeyboardInterrupt):
+        train(stopped, stop_in=2)
     assert stopped.epoch == 1 and [row["epoch"] for row in stopped.history] == [1]
-    assert training.RunStopped("x")._render_traceback_() == ["x"]  # one line in Jupyter, no traceback
-    with stopped.stop_safely():  # the training cell, run again
-        for epoch in stopped.epochs_to_train(stopped.model, stopped.optimizer):
-            step(stopped)
-            stopped.record_epoch(epoch, step(stopped), (1.0, 1.0, 0.0), 0.0)
+    assert files.load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")["epoch"] == 1
+    with pytest.raises(training.RunRefused, match=r"training stopped during epoch 2.*back at epoch 1 now"):
+        stopped.record(EVALUATION, "cpu", stopped.model)  # no record of a model between two epochs
+    assert not (tmp_path / "stopped" / "metrics.json").exists()
+    train(stopped)  # the training cell, run again: on from epoch 1's end
     assert [row["epoch"] for row in stopped.history] == [1, 2, 3] and list(
-        stopped.epochs_to_train(stopped.model, stopped.optimizer)
+        stopped.epochs(stopped.model, stopped.optimizer)
     ) == []
+    assert stopped.history == straight.history and torch.equal(stopped.model.weight, straight.model.weight)
+
+
+def test_in_a_kernel_a_stop_mid_epoch_goes_back_at_once_and_says_so_in_one_line(tmp_path):
+    run, shown = tiny_run(tmp_path), []
+    shell = SimpleNamespace(showtraceback=lambda exc_tuple, tb_offset=None: shown.append(exc_tuple))
+    with pytest.raises(KeyboardInterrupt) as stop:
+        train(run, stop_in=2)
+    before = run.model.weight.detach().clone()
+    training.on_stop(shell, KeyboardInterrupt, stop.value, None)
+    etype, value, _ = shown[-1]
+    assert etype is training.RunStopped and value._render_traceback_() == [str(value)]
+    assert str(value).startswith("Stopped during epoch 2: the model is back at the end of epoch 1, as in")
+    assert run.in_epoch is None and not torch.equal(run.model.weight, before)  # put back at once
+    training.on_stop(shell, KeyboardInterrupt, stop.value, None)  # a stop outside an epoch: shown as it is
+    assert shown[-1][0] is KeyboardInterrupt
 
 
 def test_a_failure_inside_also_goes_back_and_the_checkpoint_holds_the_last_good_epoch(tmp_path):
     run = tiny_run(tmp_path)
-    run.record_epoch(1, step(run), (1.0, 1.0, 0.0), 0.0)
+    epochs = run.epochs(run.model, run.optimizer)
+    next(epochs)
+    run.record_epoch(1, step(run), 1.0, (1.0, 1.0, 0.0), 0.0)
     good = run.model.weight.detach().clone()
-    with pytest.raises(training.NonFiniteLossError, match="at epoch 2, batch 1 of 1"), run.stop_safely():
-        step(run)
-        run.record_epoch(2, torch.tensor([float("nan")]), (1.0, 1.0, 0.0), 0.0)
-    assert torch.equal(run.model.weight, good)
+    next(epochs)
+    step(run)
+    with pytest.raises(training.NonFiniteLossError, match="at epoch 2, batch 1 of 1"):
+        run.record_epoch(2, torch.tensor([float("nan")]), float("nan"), (1.0, 1.0, 0.0), 0.0)
     assert files.load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    next(run.epochs(run.model, run.optimizer))  # the run's next call puts the model back
+    assert torch.equal(run.model.weight, good)
 
 
 def test_a_run_resumed_on_another_machine_says_so_in_its_record(tmp_path, capsys):
     run = tiny_run(tmp_path)
-    run.record_epoch(1, step(run), (1.0, 1.0, 0.0), 0.0)
+    run.record_epoch(1, step(run), 1.0, (1.0, 1.0, 0.0), 0.0)
     state = files.load_checkpoint(tmp_path / "checkpoint.pt")
     here = {"device": "cpu", "cpu": provenance.cpu_name(), "threads": torch.get_num_threads()}
     assert state["machine"] == here
@@ -109,8 +130,9 @@ def test_a_run_resumed_on_another_machine_says_so_in_its_record(tmp_path, capsys
 
 def test_the_record_holds_the_history_the_evaluation_and_the_weights_beside_it(tmp_path):
     run = tiny_run(tmp_path, epochs=1)
-    run.record_epoch(1, step(run), (1.0, 0.5, 0.5), 0.1)
-    metrics = run.record({"test_loss": 1.0}, "cpu", run.model)
+    run.record_epoch(1, step(run), 1.0, (1.0, 0.5, 0.5), 0.1)
+    metrics = run.record(EVALUATION, "cpu", run.model)
+    assert metrics["code"] is run.code  # the code taken when the run started, not at its end
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert metrics["finished"] and [row["epoch"] for row in metrics["epochs"]] == [1]
     weights = torch.load(tmp_path / "vae.pt", weights_only=True)
@@ -126,24 +148,25 @@ def as_if_made_by_other_code(folder):
 
 def test_a_finished_run_of_other_code_is_kept_elsewhere_and_replaced_in_results(tmp_path, monkeypatch, capsys):
     run = tiny_run(tmp_path, epochs=1)
-    run.record_epoch(1, step(run), (1.0, 0.5, 0.5), 0.1)
-    run.record({"test_loss": 1.0}, "cpu", run.model)
+    run.record_epoch(1, step(run), 1.0, (1.0, 0.5, 0.5), 0.1)
+    run.record(EVALUATION, "cpu", run.model)
     as_if_made_by_other_code(tmp_path)
     before = (tmp_path / "checkpoint.pt").read_bytes()
     with pytest.raises(training.RunRefused, match=r"holds a run of other code \(changed: vae_utils.py\): it is kept"):
         tiny_run(tmp_path, epochs=1)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     monkeypatch.setattr(training, "RECORD", tmp_path)  # the same folder as results/, the spec run's record
+    monkeypatch.setattr(folders, "RECORD", tmp_path)
     afresh = tiny_run(tmp_path, epochs=1)
-    assert afresh.epoch == 0 and list(afresh.epochs_to_train(afresh.model, afresh.optimizer)) == [1]
-    assert "results/ is the record of the current code" in capsys.readouterr().out
+    assert afresh.epoch == 0 and next(afresh.epochs(afresh.model, afresh.optimizer)) == 1
+    assert "held a run of other code; results/ is the current code's record" in capsys.readouterr().out
 
 
 def test_a_model_or_optimiser_not_the_runs_is_refused_before_training(tmp_path):
     run = tiny_run(tmp_path)
     other = torch.nn.Linear(4, 2)
     with pytest.raises(training.RunRefused, match="a cell above was run again alone"):
-        run.epochs_to_train(other, run.optimizer)
+        next(run.epochs(other, run.optimizer))
     with pytest.raises(training.RunRefused, match="a cell above was run again alone"):
         training.TrainingRun.start(run.settings, other, run.optimizer, run.generator)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import REPO, claim, load
-from harness import files, settings
+from harness import files, folders, settings
 
 
 # ---- settings --------------------------------------------------------------------------------
@@ -20,7 +20,7 @@ def test_the_environment_wins_over_the_parameters_cell_which_wins_over_the_defau
     s = load(VAE_EPOCHS="2", VAE_LR="0.01", VAE_RESUME="1", VAE_LIKELIHOOD="binarized", **folder)
     assert (s.epochs, s.lr, s.resume, s.likelihood) == (2, 0.01, True, "binarized")
     notebook = {"epochs": 2, "batch_size": 64, "beta": 2, "resume": 1, "unrelated": "ignored", "lr": 1e-3}
-    in_code = settings.resolve(notebook, {"VAE_EPOCHS": "3"}, claim_folder=False)
+    in_code = folders.resolve(notebook, {"VAE_EPOCHS": "3"}, claim_folder=False)
     assert (in_code.epochs, in_code.batch_size, in_code.beta, in_code.resume) == (3, 64, 2.0, True)
 
 
@@ -73,7 +73,7 @@ def test_a_bad_value_in_the_parameters_cell_is_named_with_where_it_came_from():
     with pytest.raises(
         settings.SettingsError, match=r"epochs must be a whole number >= 1; got 2.5 \(from the parameters cell\)"
     ):
-        settings.resolve({"epochs": 2.5}, {}, claim_folder=False)
+        folders.resolve({"epochs": 2.5}, {}, claim_folder=False)
 
 
 def test_an_unavailable_device_is_refused_up_front():
