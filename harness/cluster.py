@@ -1,18 +1,12 @@
 """A study's runs as tasks on a Dask cluster: what Dask does (ordering, waiting, rerunning) is Dask's.
 
-By default an embedded `LocalCluster`, started and stopped with the study: one worker per GPU (each
-run sees only its worker's GPU), one worker on a machine without (so no two runs share the cores).
-An address sends the runs to an existing cluster instead. Each run is a task, sent as a function
-that names this repository only as text (its scheduler, on a login node, need not be able to import
-it). A worker runs `python -m
-harness.headless` in its own checkout, which must hold the study's code (the fingerprint of a run),
-into a folder of that checkout's `runs/.studies/`, and sends the run's files back: they are written
-into the study's folder here, atomically, under the run folder's lock. Dask reruns a task whose worker died; a run that
-fails is named and the others go on; a stop reaches every running run through a Dask `Event`.
-
-A run works in `runs/.studies/` of the worker's checkout, in a folder named for its settings and
-code, and checkpoints there every epoch: a stopped study (Ctrl-C, a dead worker, the end of a
-session) goes on from each run's last epoch when it is started again, not from the beginning.
+By default an embedded `LocalCluster`: one worker per GPU, or one on a machine without (no two runs share
+the cores); an address sends the runs to an existing cluster instead. Each run is a task, a function that
+names this repository only as text (a scheduler on a login node need not import it). A worker runs
+`python -m harness.headless` in its own checkout, which must hold the study's code, in a folder of its
+`runs/.studies/` named for the run's settings and code, checkpointing every epoch (a stopped study goes on
+from each run's last epoch); it sends the run's files back, written here atomically under the folder's lock.
+Dask reruns a task whose worker died; a failed run is named and the others go on; a stop reaches every run.
 """
 
 import contextlib
@@ -73,36 +67,28 @@ def run_on_cluster(name, todo, root, machine, echo, scheduler):
             arguments = (name, shown(root), run, {**machine, **todo[run]}, code, stop.name)
             key, priority = f"{name}/{run}-{uuid.uuid4().hex[:8]}", len(order) - position
             futures[run] = client.submit(task(), *arguments, key=key, pure=False, priority=priority)
-        waiting, every = dict(futures), 5  # seconds between two views of what runs where: soon, then every 5 minutes
+        runs = {future.key: run for run, future in futures.items()}
         try:
-            while waiting:
+            for future in distributed.as_completed(list(futures.values())):
+                run = runs[future.key]
                 try:
-                    finished, _ = distributed.wait(list(waiting.values()), timeout=every, return_when="FIRST_COMPLETED")
-                except TimeoutError:
-                    echo(f"    {progress(client, futures, waiting, done)}")
-                    every = 300
+                    made, seconds, worker = future.result()
+                except Exception as error:  # noqa: BLE001 -- any failure of a run: named, the others go on
+                    failed[run] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
+                    echo(f"{name}/{run}: failed: {failed[run]}")
                     continue
-                for run in [r for r, f in waiting.items() if f in finished]:
-                    future = waiting.pop(run)
-                    try:
-                        made, seconds, worker = future.result()
-                    except Exception as error:  # noqa: BLE001 -- any failure of a run: named, the others go on
-                        failed[run] = f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"
-                        echo(f"{name}/{run}: failed: {failed[run]}")
-                        continue
-                    keep(root / run, made)
-                    timings[run] = round(seconds, 1)
-                    files.write_json(root / "timings.json", timings)
-                    done.append(run)
-                    loss = files.read_metrics(root / run)["test_loss"]
-                    echo(f"{name}/{run}: finished on {worker} in {seconds:.0f} s, test loss {loss:.2f}")
-                if waiting:
-                    echo(f"    {progress(client, futures, waiting, done)}")
+                keep(root / run, made)
+                timings[run] = round(seconds, 1)
+                files.write_json(root / "timings.json", timings)
+                done.append(run)
+                loss = files.read_metrics(root / run)["test_loss"]
+                echo(f"{name}/{run}: finished on {worker} in {seconds:.0f} s, test loss {loss:.2f}; "
+                     f"{len(todo) - len(done) - len(failed)} runs left")  # fmt: skip
         except OSError as error:  # the scheduler went away: what came back is kept
             raise StudyFailed(f"study {name}: the cluster went away ({error}); the same command goes on.") from None
         except KeyboardInterrupt as error:
             stop.set()  # every running task stops its run (its kernel is shut down), then the cluster goes
-            distributed.wait(list(waiting.values()), timeout=60)
+            distributed.wait([f for r, f in futures.items() if r not in done], timeout=60)
             client.cancel(list(futures.values()))
             code = getattr(error, "code", None) or 128 + getattr(error, "signum", signal.SIGINT)
             finished = f"finished: {', '.join(done)}" if done else "no run had finished"
@@ -115,17 +101,6 @@ def run_on_cluster(name, todo, root, machine, echo, scheduler):
             + "; ".join(f"{run}: {why}" for run, why in failed.items())
             + "). The others are kept; the same command runs the missing ones again."
         )
-
-
-def progress(client, futures, waiting, done) -> str:
-    """Runs done, running (each with its worker: what it executes, not what it has queued) and waiting."""
-    try:
-        executing = client.run(lambda dask_worker: [task.key for task in dask_worker.state.executing])
-    except OSError:  # a worker went away as it was asked: the scheduler's view of what it holds
-        executing = {worker: list(keys) for worker, keys in client.processing().items()}
-    where = {key: worker for worker, keys in executing.items() for key in keys}
-    running = [f"{run} on {where[f.key]}" for run, f in waiting.items() if f.key in where]
-    return f"{len(done)} done, running: {', '.join(running) or 'none'}, {len(waiting) - len(running)} waiting"
 
 
 @contextlib.contextmanager

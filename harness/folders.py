@@ -180,3 +180,15 @@ def check_folder(settings, folder: Path):
             "set resume = True in the parameters cell (headless: VAE_RESUME=1); to start afresh delete it or "
             "choose another name."
         )
+
+
+def weights_code(path, code) -> dict:
+    """Which code made the weights in `path`, from the metrics.json beside them, for the record."""
+    sha256 = digest(path)
+    try:
+        saved = files.read_metrics((REPO / path).parent).get("code")
+    except files.UnreadableRun:
+        return {"code": None, "sha256": sha256, "said": "their code is unknown: no metrics.json of a run beside them"}
+    changed = fingerprint.changes(saved, code)
+    said = f"made by other code: {'; '.join(changed)} changed" if changed else "made by this code"
+    return {"code": saved, "sha256": sha256, "said": said}

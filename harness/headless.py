@@ -2,17 +2,12 @@
 
     python -m harness.headless    # the settings come from the VAE_* environment variables
 
-The settings are read and checked once (`harness.folders.resolve`, without touching the run's folder): a
-bad one is refused in one line before a kernel starts. They reach the notebook the way papermill
-passes parameters, as a cell injected after the cell tagged `parameters`, and the kernel's
-environment holds no VAE_* variable, so nothing is read twice. The kernel's settings cell takes the
-run folder's lock and checks what the folder holds. The spec's run re-executes the notebook in
-place; any other run writes its executed notebook into its own folder.
-
-While the notebook runs, the terminal shows the section running and everything the notebook
-prints, as it prints it. A failure ends with one line: the error, the cell, and where the executed
-notebook is. Ctrl-C, SIGTERM or SIGHUP stops the kernel (the model goes back to its last complete
-epoch, which the checkpoint holds) and says what was kept; the exit status is 128 + the signal.
+The settings are checked once (`folders.resolve`) before a kernel starts, and reach the notebook as
+papermill passes parameters (the spec's run keeps its own cell: machine settings go as variables). The
+spec's run re-executes the notebook in place; any other run writes its own folder. The terminal shows each
+section and every printed line as it comes; a failure ends in one line (the error, the cell, where the
+executed notebook is). Ctrl-C, SIGTERM or SIGHUP interrupts the kernel (the model goes back to its last
+complete epoch, which the checkpoint holds) and says what was kept; the exit status is 128 + the signal.
 """
 
 from harness import stopped_in_one_line
@@ -41,9 +36,7 @@ EXIT_SETTINGS, EXIT_FAILED = 2, 1
 STOPPED = {"KeyboardInterrupt", "RunStopped"}  # what a cell raises when the kernel is interrupted
 
 
-class RunFailed(Exception):
-    """The notebook did not finish; the message is the one line to show, `code` the exit status."""
-
+class RunFailed(Exception):  # the notebook did not finish: the one line to show, and `code`, the exit status
     def __init__(self, message, code=EXIT_FAILED, ename=None):
         super().__init__(message)
         self.code, self.ename = code, ename
@@ -115,12 +108,9 @@ class LiveClient(nbclient.NotebookClient):
         return super().output(outs, msg, display_id, cell_index)
 
 
-def section_of(nb, cell_index) -> str:
-    """The last markdown heading at or before `cell_index`."""
-    for cell in reversed(nb.cells[: cell_index + 1]):
-        if cell.cell_type == "markdown" and cell.source.startswith("#"):
-            return cell.source.splitlines()[0].lstrip("# ").strip()
-    return "start"
+def section_of(nb, cell_index) -> str:  # the last markdown heading at or before `cell_index`
+    headings = [c.source for c in nb.cells[: cell_index + 1] if c.cell_type == "markdown" and c.source[:1] == "#"]
+    return headings[-1].splitlines()[0].lstrip("# ").strip() if headings else "start"
 
 
 def write_notebook(nb, path: Path):
@@ -128,8 +118,7 @@ def write_notebook(nb, path: Path):
         nbformat.write(nb, tmp)
 
 
-def parameters_from(environ) -> dict:
-    """The settings given as VAE_* variables; paths are meant from where the user stands."""
+def parameters_from(environ) -> dict:  # the settings given as VAE_* variables, paths from where the user stands
     parameters = settings.from_environment(environ)
     for name in settings.PATHS:
         if parameters.get(name):
@@ -204,8 +193,7 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
     return output
 
 
-def keep_failed(nb, path: Path) -> str:
-    """Write a failed run's notebook; say where, or why it could not be written (a full disk)."""
+def keep_failed(nb, path: Path) -> str:  # a failed run's notebook: where it is, or why it is not (a full disk)
     try:
         write_notebook(nb, path)
     except OSError as error:
@@ -213,27 +201,23 @@ def keep_failed(nb, path: Path) -> str:
     return f"the executed notebook: {path}"
 
 
-def stopped(signum) -> str:
+def stopped(signum) -> str:  # the first half of a stop's one line
     return f"stopped ({STOPS[signum]}): the kernel is shut down"
 
 
-def kept_by(folder: Path) -> str:
-    """What the run's checkpoint keeps, and the command that goes on."""
-    checkpoint = folder / "checkpoint.pt"
-    if not checkpoint.exists():
+def kept_by(folder: Path) -> str:  # what the run's checkpoint keeps, and the command that goes on
+    if not (checkpoint := folder / "checkpoint.pt").exists():
         return "no epoch had finished, so there is no checkpoint."
     try:
         state = files.load_checkpoint(checkpoint)
     except files.CheckpointError as error:
         return str(error)
-    epoch, epochs = state["epoch"], state["settings"]["epochs"]
-    if epoch >= epochs:
-        return f"{checkpoint} keeps all {epoch} epochs: run the same command again to evaluate it."
-    return f"{checkpoint} keeps epoch {epoch}: run the same command with VAE_RESUME=1 to go on."
+    if state["epoch"] >= state["settings"]["epochs"]:
+        return f"{checkpoint} keeps all {state['epoch']} epochs: run the same command again to evaluate it."
+    return f"{checkpoint} keeps epoch {state['epoch']}: run the same command with VAE_RESUME=1 to go on."
 
 
-def to_stdout(text):
-    """The terminal's copy of what the notebook prints; a reader that left (`| head`) is not a stop."""
+def to_stdout(text):  # the terminal's copy of what the notebook prints; a reader gone (`| head`) is no stop
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -241,8 +225,7 @@ def to_stdout(text):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def main():
-    """`python3 tasks.py run`: the settings come from the VAE_* environment variables."""
+def main():  # `python3 tasks.py run`: the settings come from the VAE_* environment variables
     for signum in STOPS:  # before the kernel starts, a stop signal ends this process at once, in one line
         signal.signal(signum, raise_stopped if signum != signal.SIGINT else signal.default_int_handler)
     try:

@@ -1,14 +1,10 @@
 """A run's training state and its record, kept consistent however the notebook's cells are run.
 
-`TrainingRun.start` begins a run, from scratch, from the folder's checkpoint (a finished run, or
-`resume`), or from given weights, and says which; a run is its settings and its code
-(`fingerprint.code_of`, taken once), and a checkpoint of other code is never continued.
-`epochs` gives the epochs left; `record_epoch` takes an epoch's losses, refuses a non-finite one,
-and saves the checkpoint. A stop (the kernel interrupt, Ctrl-C) or a failure inside an epoch puts
-the model, the optimiser and the generator back at the end of the last complete epoch: at once in
-a kernel (which then says so in one line), else at the run's next call. So no record or checkpoint
-ever holds a mid-epoch model, and going on gives exactly the uninterrupted run. `record` writes
-metrics.json and vae.pt together.
+`TrainingRun.start` begins a run (from scratch, from the folder's checkpoint, or given weights) and says
+which; `epochs` gives the epochs left, `record_epoch` checks and checkpoints one, `record` writes metrics.json
+and vae.pt together. A stop or failure inside an epoch puts model, optimiser and generator back at the last
+complete epoch (in a kernel at once, with one line; else at the run's next call): no record or checkpoint
+holds a mid-epoch model, and going on gives exactly the uninterrupted run.
 """
 
 import copy
@@ -18,7 +14,7 @@ from pathlib import Path
 import torch
 
 from harness import REPO, files, fingerprint
-from harness.folders import RECORD, digest, other_code
+from harness.folders import RECORD, other_code, weights_code
 from harness.provenance import machine_of, provenance
 from harness.settings import SPEC
 
@@ -30,11 +26,8 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; training stopped at the last complete epoch."""
 
     def __init__(self, epoch, where, checkpoint, lr):
-        kept = (
-            f"The last good checkpoint, {checkpoint}, is kept as it was"
-            if Path(checkpoint).exists()
-            else "No checkpoint had been written yet"
-        )
+        kept = f"The last good checkpoint, {checkpoint}, is kept as it was" if Path(checkpoint).exists() else ""
+        kept = kept or "No checkpoint had been written yet"
         super().__init__(
             f"The loss became NaN or infinite at epoch {epoch}, {where}; training stopped. {kept}. "
             f"Run again with a lower learning rate, e.g. lr = {lr / 10:g} (VAE_LR={lr / 10:g}): it starts "
@@ -42,16 +35,12 @@ class NonFiniteLossError(FloatingPointError):
         )
 
 
-class RunRefused(RuntimeError):
-    """The run cannot go on as the cells stand; the message says why and what to do. One line in Jupyter."""
-
+class RunRefused(RuntimeError):  # the run cannot go on as the cells stand: why and what to do, one line in Jupyter
     def _render_traceback_(self):
         return [f"RunRefused: {self}"]
 
 
-class RunStopped(KeyboardInterrupt):
-    """Training was stopped; the model is back at the last complete epoch. Shown as its one line."""
-
+class RunStopped(KeyboardInterrupt):  # training stopped, the model back at the last complete epoch: one line
     def _render_traceback_(self):  # IPython shows this instead of a traceback
         return [str(self)]
 
@@ -90,7 +79,8 @@ class TrainingRun:
             print(f"no training: evaluating the weights in {settings.weights} ({run.weights_from['said']})")
         elif state is not None and not fingerprint.changes(state["code"], run.code):
             run.restore(state)
-            changed = resume_changes(state["settings"], settings)
+            changed = {name: [state["settings"][name], value] for name, value in vars(settings).items()
+                       if name not in IGNORED_ON_RESUME and state["settings"][name] != value}  # fmt: skip
             if run.epoch == settings.epochs:  # a finished run, evaluated again: only a change of its numbers counts
                 changed = {name: values for name, values in changed.items() if name in SPEC}
             before, now = state.get("machine"), run.machine
@@ -180,9 +170,9 @@ class TrainingRun:
 
     def record_epoch(self, epoch, step_losses, train_loss, test_terms, seconds) -> str:
         """Check an epoch's losses, add them to the history and save the checkpoint; the line to print."""
-        bad_step = first_nonfinite(step_losses)
-        if bad_step is not None:
-            where = f"batch {bad_step} of {len(step_losses)}"
+        bad = (~torch.isfinite(step_losses)).nonzero()
+        if len(bad):
+            where = f"batch {int(bad[0, 0]) + 1} of {len(step_losses)}"
             raise NonFiniteLossError(epoch, where, self.checkpoint, self.settings.lr)
         test_loss, test_recon, test_kl = test_terms
         if not all(map(math.isfinite, (train_loss, test_loss, test_recon, test_kl))):
@@ -254,30 +244,3 @@ watch_stops()
 def epoch_line(row) -> str:
     terms = f"{row['test_recon']:6.2f} recon + {row['test_kl']:5.2f} KL"
     return f"epoch {row['epoch']:2d}  train {row['train_loss']:7.2f}  test {row['test_loss']:7.2f} = {terms}"
-
-
-def weights_code(path, code) -> dict:
-    """Which code made the weights in `path`, from the metrics.json beside them, for the record."""
-    sha256 = digest(path)
-    try:
-        saved = files.read_metrics(Path(REPO / path).parent).get("code")
-    except files.UnreadableRun:
-        return {"code": None, "sha256": sha256, "said": "their code is unknown: no metrics.json of a run beside them"}
-    changed = fingerprint.changes(saved, code)
-    said = f"made by other code: {'; '.join(changed)} changed" if changed else "made by this code"
-    return {"code": saved, "sha256": sha256, "said": said}
-
-
-def first_nonfinite(step_losses) -> int | None:
-    """1-based index of the first non-finite value in a 1-D tensor of per-step losses, or None."""
-    bad = (~torch.isfinite(step_losses)).nonzero()
-    return int(bad[0, 0]) + 1 if len(bad) else None
-
-
-def resume_changes(saved: dict, settings) -> dict:
-    """Settings that differ from the checkpoint's and are allowed to: recorded in metrics.json."""
-    return {
-        name: [saved[name], value]
-        for name, value in vars(settings).items()
-        if name not in IGNORED_ON_RESUME and saved[name] != value
-    }

@@ -1,13 +1,6 @@
-"""A run's settings: the one declaration of them, and the one pass that reads and checks their values.
-
-`SETTINGS` gives each setting its default (the spec's value), what it accepts (as data: the check
-and its words both come from it), what it does, and `before`: the value a record made before the
-setting existed is read with (the default, unless the code did otherwise then). `read` takes the
-notebook's parameters cell, then the `VAE_<NAME>` environment variables (which win), and checks every
-value and their combination; anything wrong is a `SettingsError` of one line, before any work.
-`complete` reads a saved run's settings with today's declaration. Adding a setting is one line here,
-one in the parameters cell and the code that reads it (docs/building.md).
-"""
+"""A run's settings: `SETTINGS` declares each once (default, what it accepts, words, and `before`: the value
+of a record made before it existed); `read` checks the parameters cell and `VAE_<NAME>` variables against it,
+each refusal a `SettingsError` of one line; `complete` reads a saved run's settings with today's declaration."""
 
 import hashlib
 import math
@@ -23,9 +16,7 @@ from harness import PREFIX, REPO
 from vae_utils import LIKELIHOODS, LR_SCHEDULES, OBJECTIVES
 
 
-class SettingsError(ValueError):
-    """A setting has a value that cannot be used; the message names it and what it accepts."""
-
+class SettingsError(ValueError):  # a value that cannot be used; the message names the setting and what it accepts
     def _render_traceback_(self):  # Jupyter shows the one line, not settings.py's source
         return [f"SettingsError: {self}"]
 
@@ -42,10 +33,6 @@ class Setting:
     note: str = ""  # said after what it accepts
     numbers: bool = True  # another value changes the recorded numbers: an experiment, not the spec's run
     before: object = ...  # the value of a record made before this setting existed (... : the default)
-
-    @property
-    def old(self):
-        return self.default if self.before is ... else self.before
 
     @property
     def accepts(self) -> str:
@@ -81,19 +68,15 @@ SETTINGS = {
     "batch_size": Setting(128, "mini-batch size", 1),
     "lr": Setting(1e-3, "Adam learning rate", 0, 0.01, note="(0.03 and more diverge within the first batches)"),
     "adam_eps": Setting(1e-8, "Adam's epsilon (Burda et al. 2016: 1e-4)", 0, 1),
-    "lr_schedule": Setting("constant", "`constant` (the spec) or `burda`: `lr` divided by 10^(1/7) after 1, 3, 9, "
-                           "27, ... epochs (Burda et al. 2016)", choices=LR_SCHEDULES),
+    "lr_schedule": Setting("constant", "`burda`: `lr` / 10^(1/7) after 1, 3, 9, 27, ... epochs", choices=LR_SCHEDULES),
     "latent_dim": Setting(20, "size of z", 2, 784, note="(the figures need two dimensions)"),
-    "likelihood": Setting("bernoulli", "`bernoulli` (the spec), `continuous_bernoulli`, `binarized`",
-                          choices=LIKELIHOODS),
-    "objective": Setting("elbo", "`elbo` (the spec) or `iwae`, the importance-weighted bound of `train_samples` draws",
-                         choices=OBJECTIVES),
+    "likelihood": Setting("bernoulli", "p(x|z); `binarized`: pixels drawn as 0 or 1", choices=LIKELIHOODS),
+    "objective": Setting("elbo", "`iwae`: the importance-weighted bound of `train_samples` draws", choices=OBJECTIVES),
     "train_samples": Setting(1, "k of the `iwae` objective; 1 with `elbo`", 1, 5000, note="(with objective iwae)"),
     "beta": Setting(1.0, "weight of the KL term while training (beta-VAE); the test loss is always the ELBO", 0, 100),
     "kl_warmup": Setting(0, "epochs over which the KL weight rises linearly from 0 to `beta`", 0,
                          words="a whole number of epochs from 0 to epochs"),
-    "iw_samples": Setting(50, "k of the importance-weighted bound; `5000` is the paper's (minutes on a CPU)",
-                          1, 10_000),
+    "iw_samples": Setting(50, "k of the evaluation's bound; `5000` is the paper's (minutes on a CPU)", 1, 10_000),
     "train_size": Setting(60_000, "train on the first N images", 1, 60_000, note="(the MNIST training set)"),
     "test_size": Setting(10_000, "evaluate on the first N test images", 6, 10_000,
                          note="(the figures use 6 test digits)"),
@@ -101,12 +84,9 @@ SETTINGS = {
                        words="the path of a weights file written by a run (vae.pt), or nothing"),
     "device": Setting("auto", "`auto` picks CUDA, then MPS, then the CPU", pattern=r"auto|cpu|mps|cuda(:[0-9]{1,3})?",
                       words="auto, cpu, mps, cuda or cuda:N (N from 0 to 999)", numbers=False),
-    "deterministic": Setting(False, "`torch.use_deterministic_algorithms` (GPUs; CPU runs are already)",
-                             numbers=False),
-    "name": Setting("", "the run's folder under `runs/` (default: made from the settings)",
-                    pattern=r"|(?!\.+$)[\w.=,-]{1,100}",
-                    words="a folder name of at most 100 letters, digits and . _ = , -",
-                    numbers=False),
+    "deterministic": Setting(False, "deterministic kernels on GPUs (CPU runs are already)", numbers=False),
+    "name": Setting("", "the run's folder under `runs/` (default: made from the settings)", numbers=False,
+                    pattern=r"|(?!\.+$)[\w.=,-]{1,100}", words="a folder name of at most 100 letters, digits, ._=,-"),
     "results_dir": Setting("", "where the run writes (instead of `runs/<name>/`)",
                            words="a folder under runs/ or outside the repository", numbers=False),
     "data_dir": Setting("data", "where `MNIST/raw` lives", pattern=r".+",
@@ -121,18 +101,16 @@ PATHS = ("weights", "results_dir", "data_dir")  # relative to the repository in 
 MAX_TRAIN_ROWS = 2**16  # decoder rows per training step (train_samples x batch_size): about 1.5 GB
 
 
-def is_spec_run(settings) -> bool:
-    """True when every setting that changes the recorded numbers has the spec's value."""
+def is_spec_run(settings) -> bool:  # every setting that changes the recorded numbers has the spec's value
     return not differences(SPEC, settings)
 
 
-def values_of(settings) -> dict:
-    """Settings as a dict: a saved run's (a dict) read with today's declaration."""
+def values_of(settings) -> dict:  # a saved run's (a dict) read with today's declaration
     return complete(settings) if isinstance(settings, dict) else vars(settings)
 
 
 def differences(saved, current, names=SPEC) -> list:
-    """`name: X there, Y now` for each setting of `names` that differs (saved records hold every setting)."""
+    """`name: X there, Y now` for each setting of `names` that differs."""
     saved, current = values_of(saved), values_of(current)
     return [f"{n}: {saved[n]!r} there, {current[n]!r} now" for n in names if saved[n] != current[n]]
 
@@ -147,15 +125,13 @@ def run_name(settings) -> str:
     return name
 
 
-# ---- reading ---------------------------------------------------------------------------------
-def is_variable(key) -> bool:
-    """A VAE_* environment variable, in any case: each is a setting or refused."""
-    return key.upper().startswith(PREFIX)
+def is_variable(key) -> bool:  # each VAE_* variable is a setting, or refused
+    return key.startswith(PREFIX)
 
 
 def complete(saved: dict) -> dict:
     """A saved run's settings with every setting declared today: one it predates has the value of `before`."""
-    return {name: saved.get(name, setting.old) for name, setting in SETTINGS.items()}
+    return {n: saved.get(n, s.default if s.before is ... else s.before) for n, s in SETTINGS.items()}
 
 
 def wrong(saved: dict) -> list:
@@ -167,12 +143,11 @@ def wrong(saved: dict) -> list:
 def from_text(name, text, source):
     """The value of setting `name` written as text (an environment variable)."""
     kind = type(SETTINGS[name].default)
+    word, yes = text.strip().lower(), {"1", "true", "yes", "on"}
     try:
-        if kind is bool:
-            if text.strip().lower() not in {"1", "true", "yes", "on", "0", "false", "no", "off", ""}:
-                raise ValueError
-            return text.strip().lower() in {"1", "true", "yes", "on"}
-        return int(text.replace("_", "")) if kind is int else float(text) if kind is float else text
+        if kind is bool and word not in {*yes, "0", "false", "no", "off", ""}:
+            raise ValueError
+        return word in yes if kind is bool else int(text.replace("_", "")) if kind is int else kind(text)
     except ValueError:
         raise SettingsError(f"{source}={text!r} is not valid: {name} takes {SETTINGS[name].accepts}.") from None
 
@@ -184,13 +159,9 @@ def from_environment(environ) -> dict:
         if not is_variable(key):
             continue
         name = key[len(PREFIX) :].lower()
-        if name not in SETTINGS:
+        if name not in SETTINGS or key != f"{PREFIX}{name.upper()}":
             known = ", ".join(f"{PREFIX}{n.upper()}" for n in SETTINGS)
             raise SettingsError(f"{key} is not a setting. The settings are: {known}.")
-        if key != f"{PREFIX}{name.upper()}":
-            raise SettingsError(
-                f"{key} is not a setting: environment variables are upper case, {PREFIX}{name.upper()}."
-            )
         values[name] = from_text(name, text, key)
     return values
 
@@ -205,7 +176,6 @@ def typed(name, value):
     return str(value) if isinstance(value, os.PathLike | torch.device) else value
 
 
-# ---- checking --------------------------------------------------------------------------------
 def check_combination(s):
     if s.weights:
         if not (REPO / s.weights).is_file():
@@ -219,32 +189,22 @@ def check_combination(s):
     if s.objective == "elbo" and s.train_samples != 1:
         raise SettingsError(f"train_samples={s.train_samples} is the k of the iwae objective; with elbo it must be 1.")
     if s.objective == "iwae" and (s.beta != 1 or s.kl_warmup):
-        raise SettingsError(
-            "beta and kl_warmup weight the KL term of the elbo objective; iwae has no separate KL term. "
-            "Use them with objective elbo, or leave them at 1 and 0."
-        )
+        raise SettingsError("beta and kl_warmup weight the KL term of the elbo objective; iwae has no separate KL "
+                            "term. Use them with objective elbo, or leave them at 1 and 0.")  # fmt: skip
     if s.train_samples * s.batch_size > MAX_TRAIN_ROWS:
-        raise SettingsError(
-            f"train_samples x batch_size = {s.train_samples * s.batch_size:,} decoder rows per step; "
-            f"at most {MAX_TRAIN_ROWS:,} fit in memory. Lower train_samples or batch_size."
-        )
+        rows = s.train_samples * s.batch_size
+        raise SettingsError(f"train_samples x batch_size = {rows:,} decoder rows per step; at most "
+                            f"{MAX_TRAIN_ROWS:,} fit in memory. Lower train_samples or batch_size.")  # fmt: skip
     if s.kl_warmup > s.epochs:
-        raise SettingsError(
-            f"kl_warmup={s.kl_warmup} is longer than the run (epochs={s.epochs}): the KL weight would never "
-            "reach beta. Choose kl_warmup from 0 to epochs."
-        )
+        raise SettingsError(f"kl_warmup={s.kl_warmup} is longer than the run (epochs={s.epochs}): the KL weight would "
+                            "never reach beta. Choose kl_warmup from 0 to epochs.")  # fmt: skip
     if s.name and s.results_dir:
         raise SettingsError("set name (a folder under runs/) or results_dir, not both.")
 
 
-# ---- the one pass ----------------------------------------------------------------------------
 def read(parameters=None, environ=None, source="the parameters cell") -> SimpleNamespace:
-    """The run's settings: the defaults, the parameters cell's values, then `VAE_<NAME>` variables.
-
-    `parameters` may be the notebook's namespace (`globals()`): only the names of settings are read;
-    `source` names where they came from in an error (`VAE_*`: each by its environment variable).
-    Every value, their combination and the device are checked; the folder is `folders.resolve`'s.
-    """
+    """The run's settings, checked: the defaults, the parameters cell's values (`parameters`: the notebook's
+    `globals()`, of which only settings are read), then `VAE_<NAME>` variables. `source` names them in an error."""
     environ = os.environ if environ is None else environ
     values = {name: s.default for name, s in SETTINGS.items()}
     sources = {}
@@ -267,34 +227,24 @@ def read(parameters=None, environ=None, source="the parameters cell") -> SimpleN
     return settings
 
 
-def shown(path: Path) -> str:
-    """A path as the user reads it: relative to the repository when inside it."""
+def shown(path: Path) -> str:  # a path as the user reads it: relative to the repository when inside it
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
-# ---- the device ------------------------------------------------------------------------------
 def pick_device(name: str = "auto") -> torch.device:
     """`auto` picks CUDA, then Apple's MPS, then the CPU; a named device must be available."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+        mps = torch.backends.mps.is_available()
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     device = torch.device(name)
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available() and (device.index is None or device.index < torch.cuda.device_count()),
-        "mps": torch.backends.mps.is_available(),
-    }
-    if not available.get(device.type, False):
+    cuda = torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    if not {"cpu": True, "cuda": cuda, "mps": torch.backends.mps.is_available()}[device.type]:
         raise SettingsError(f"device {name!r} is not available on this machine; use device auto or cpu.")
     return device
 
 
 def enable_determinism() -> None:
-    """Ask PyTorch for deterministic kernels everywhere (CPU runs are deterministic already).
-
-    Call before the first CUDA operation: cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it starts.
-    """
+    """Deterministic kernels everywhere (CPU runs are already); before CUDA starts, which reads the variable."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False

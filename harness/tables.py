@@ -144,7 +144,7 @@ def main(argv):
         make(argv)
     except KeyboardInterrupt as stop:
         print(
-            f"{stop or 'stopped (Ctrl-C)'}: each document is as it was or whole (each is written by renaming).",
+            f"{str(stop) or 'stopped (Ctrl-C)'}: each document is as it was or whole (each is written by renaming).",
             file=sys.stderr,
         )
         sys.exit(getattr(stop, "code", 130))

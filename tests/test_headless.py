@@ -135,7 +135,7 @@ def test_a_bad_setting_is_refused_in_one_line_before_any_work(quick_env, tmp_pat
     ("args", "env", "words"),
     [
         (["--epochs", "2"], {}, "error: `python3 tasks.py run` takes no arguments; got '--epochs 2'."),
-        ([], {"vae_epochs": "2"}, "vae_epochs is not a setting: environment variables are upper case, VAE_EPOCHS."),
+        ([], {"VAE_EPOCH": "2"}, "VAE_EPOCH is not a setting. The settings are: VAE_SEED, VAE_EPOCHS"),
         ([], {"VAE_RESULTS_DIR": "."}, "inside the repository a run writes only under runs/"),
         ([], {"VAE_RESULTS_DIR": "results/studies"}, "results/ is the record of the spec run"),
         ([], {"VAE_NAME": "n" * 300}, "name must be a folder name of at most 100 letters"),

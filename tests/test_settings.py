@@ -34,8 +34,7 @@ def test_the_environment_wins_over_the_parameters_cell_which_wins_over_the_defau
         ({"VAE_DEVICE": "cuda:99999999999999999999"}, "device must be auto, cpu, mps, cuda or cuda:N"),
         ({"VAE_DEVICE": "cuda:\u0661"}, "device must be auto, cpu, mps, cuda or cuda:N"),  # an Arabic-Indic one
         ({"VAE_NAME": "x" * 300}, "name must be a folder name of at most 100 letters"),
-        ({"vae_epochs": "2"}, "vae_epochs is not a setting: environment variables are upper case, VAE_EPOCHS"),
-        ({"Vae_Epoch": "2"}, "Vae_Epoch is not a setting. The settings are: VAE_SEED"),
+        ({"VAE_Epochs": "2"}, "VAE_Epochs is not a setting. The settings are: VAE_SEED"),
         ({"VAE_LIKELIHOOD": "gaussian"}, "likelihood must be one of bernoulli, continuous_bernoulli, binarized"),
         ({"VAE_LR": "0"}, "lr must be a number > 0 and <= 0.01 (0.03 and more diverge"),
         ({"VAE_LR": "nan"}, "lr must be a number > 0 and <= 0.01"),

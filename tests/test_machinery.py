@@ -1,0 +1,120 @@
+"""The machinery's shape: modules in layers, each setting declared once and read, a new setting that
+edits no committed record, and the spec's run on a machine other than the record's kept out of results/."""
+
+import ast
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import nbformat
+
+from conftest import REPO
+from harness import files, fingerprint, folders, settings
+
+# The layers, from the bottom: each module imports only modules before it (harness/__init__.py says the same).
+LAYERS = ["settings", "plans", "mnist", "files", "fingerprint", "provenance", "folders", "run", "headless", "record",
+          "figures", "summaries", "tables", "cluster", "studies"]  # fmt: skip
+
+
+def imported_modules(path) -> set:
+    """The harness modules a file imports, anywhere in it (inside functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harness"):
+            found |= {node.module.removeprefix("harness.")} if "." in node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("harness.") for a in node.names if a.name.startswith("harness.")}
+    return found & set(LAYERS)
+
+
+def test_every_module_imports_only_the_layers_below_it_and_none_exceeds_250_lines():
+    modules = sorted(p.stem for p in (REPO / "harness").glob("*.py") if p.stem != "__init__")
+    assert sorted(LAYERS) == modules, "a new module takes its place in LAYERS and harness/__init__.py"
+    for position, name in enumerate(LAYERS):
+        path = REPO / "harness" / f"{name}.py"
+        above = imported_modules(path) - set(LAYERS[:position])
+        assert not above, f"harness/{name}.py imports {sorted(above)}, which are not below it"
+        assert len(path.read_text().splitlines()) <= 250, f"harness/{name}.py has more than 250 lines"
+    assert imported_modules(REPO / "harness" / "__init__.py") == set()
+    assert imported_modules(REPO / "tasks.py") == set()  # it runs before the virtual environment exists
+
+
+def notebook_code() -> str:
+    nb = nbformat.read(REPO / "Variational_autoencoder.ipynb", as_version=4)
+    return "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+
+
+def test_the_parameters_cell_is_the_declaration_name_for_name_and_value_for_value():
+    nb = nbformat.read(REPO / "Variational_autoencoder.ipynb", as_version=4)
+    (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assigned = {s.targets[0].id: ast.literal_eval(s.value) for s in ast.parse(cell.source).body}
+    assert list(assigned) == list(settings.SETTINGS)
+    assert assigned == {name: s.default for name, s in settings.SETTINGS.items()}
+
+
+def test_every_declared_setting_is_read_by_some_code():
+    read = set()
+    for source in [notebook_code(), *(p.read_text() for p in (REPO / "harness").glob("*.py"))]:
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Attribute) and getattr(node.value, "id", None) in ("settings", "s"):
+                read.add(node.attr)
+    unread = [name for name in settings.SETTINGS if name not in read]
+    assert unread == [], f"declared but read by no code (settings.NAME): {unread}"
+
+
+def tracked_copy(tmp_path):
+    """The repository's tracked files, copied as they are in the working tree, in a git repository of their own."""
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+    copy = tmp_path / "repo"
+    for name in filter(None, (n.decode() for n in names)):
+        if (REPO / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, copy / name)
+    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        subprocess.run(["git", *command], cwd=copy, check=True, capture_output=True)
+    return copy
+
+
+READ_EVERYTHING = """
+import json, sys
+from harness import files, folders, tables
+records = {str(p.relative_to(folders.REPO)): files.read_metrics(p.parent)
+           for p in sorted(folders.RECORD.glob("**/metrics.json"))}
+made = {name: text for name, text in tables.readme_tables().items() if name != "settings"}
+print(json.dumps({"records": {k: {**m, "settings": {n: m["settings"][n] for n in sys.argv[1:]}}
+                              for k, m in records.items()}, "tables": made}, sort_keys=True))
+"""
+
+
+def test_a_new_setting_with_a_default_edits_no_record_and_changes_no_table(tmp_path):
+    copy = tracked_copy(tmp_path)
+    declared = copy / "harness" / "settings.py"
+    text = declared.read_text()
+    line = '    "warmup_lr": Setting(0, "epochs of a linear learning-rate warm-up", 0, words="a whole number >= 0"),\n'
+    declared.write_text(text.replace('    "lr_schedule": Setting(', line + '    "lr_schedule": Setting(', 1))
+    names = [n for n in settings.SETTINGS if n not in ("results_dir",)]  # where a record is: its own folder
+    seen = {}
+    for where in (REPO, copy):
+        done = subprocess.run([sys.executable, "-c", READ_EVERYTHING, *names], cwd=where, capture_output=True,
+                              text=True, timeout=300, env={"PATH": "/bin", "PYTHONPATH": str(where)})  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        seen[where] = json.loads(done.stdout)
+    assert seen[copy] == seen[REPO]  # every record read, every table made, as before
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=copy, capture_output=True, text=True).stdout
+    assert status.split() == ["M", "harness/settings.py"]  # and no committed record was touched
+
+
+def test_the_spec_run_on_another_cpu_than_the_records_goes_to_runs_and_says_so(monkeypatch, capsys):
+    record = files.read_metrics(folders.RECORD)
+    assert not fingerprint.changes(record["code"], fingerprint.code_of()), "results/ is not this code's run"
+    monkeypatch.setattr(folders, "cpu_name", lambda: record["provenance"]["cpu"])  # the record's own machine
+    assert folders.resolve(None, {}, claim_folder=False).results_dir == "results"
+    monkeypatch.setattr(folders, "cpu_name", lambda: "Another CPU @ 3.0GHz")
+    capsys.readouterr()
+    assert folders.resolve(None, {}, claim_folder=False).results_dir == "runs/spec-Another-CPU-3.0GHz"
+    said = capsys.readouterr().out
+    assert re.fullmatch(r"results/ holds this code's spec run from another CPU \(.+\); this one \(Another CPU @ "
+                        r"3.0GHz\) goes to runs/spec-Another-CPU-3.0GHz/\n", said), said  # fmt: skip
+    assert folders.resolve(None, {"VAE_EPOCHS": "2"}, claim_folder=False).results_dir == "runs/epochs=2"
