@@ -42,9 +42,7 @@ class RunFailed(Exception):  # the notebook did not finish: the one line to show
         self.code, self.ename = code, ename
 
 
-class LiveClient(nbclient.NotebookClient):
-    """A NotebookClient that echoes each section and each printed line, and stops the kernel on a signal."""
-
+class LiveClient(nbclient.NotebookClient):  # echoes each section and printed line; a signal stops the kernel
     def __init__(self, nb, echo, **kw):
         super().__init__(nb, **kw)
         self.echo = echo

@@ -52,8 +52,8 @@ class Setting:
     def check(self, value) -> bool:
         if type(value) is not type(self.default):
             return False
-        if isinstance(value, float):
-            return math.isfinite(value) and self.low < value <= self.high
+        if isinstance(value, float):  # the default (the spec's value) and (low, high]
+            return value == self.default or (math.isfinite(value) and self.low < value <= self.high)
         if isinstance(value, int) and not isinstance(value, bool):
             return self.low <= value and (self.high is None or value <= self.high)
         if self.choices:

@@ -207,9 +207,9 @@ def test_the_stop_button_then_the_training_cell_again_finishes_the_run(opened):
     page.menu("Run", "runmenu:run-all")
     page.wait(lambda: (run / "checkpoint.pt").exists(), 600)  # epoch 1 done, epoch 2 under way
     page.menu("Kernel", "kernelmenu:interrupt")
-    page.wait(lambda: "Stopped during epoch" in page.output("run.stop_safely()"), 120)
-    stopped = page.output("run.stop_safely()")
+    page.wait(lambda: "Stopped during epoch" in page.output("run.epochs(model, optimizer)"), 120)
+    stopped = page.output("run.epochs(model, optimizer)")
     assert "Traceback" not in stopped and "Run this cell again to go on" in stopped
     page.wait(page.kernel_idle, 60)
-    page.run_cell("run.stop_safely()")
-    page.wait(lambda: "3 of 3 epochs trained" in page.output("run.stop_safely()"), 600)
+    page.run_cell("run.epochs(model, optimizer)")
+    page.wait(lambda: "3 of 3 epochs trained" in page.output("run.epochs(model, optimizer)"), 600)

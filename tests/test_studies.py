@@ -248,7 +248,7 @@ def test_ctrl_c_during_tables_is_one_line_even_in_its_first_second(monkeypatch, 
 
 # ---- on a real Dask cluster ---------------------------------------------------------------------
 TINY = {"train_size": 384, "test_size": 64, "iw_samples": 2}
-CHAIN_AND_ONE = {
+THREE_RUNS = {
     "short": {**TINY, "epochs": 1},
     "long": {**TINY, "epochs": 2},
     "other": {**TINY, "epochs": 1, "seed": 1},
@@ -257,11 +257,15 @@ CHAIN_AND_ONE = {
 
 @pytest.fixture()
 def dask_cluster(tmp_path):
-    """A real scheduler and two workers on 127.0.0.1, started with Dask's own command-line tools."""
+    """A real scheduler and two workers on 127.0.0.1, started with Dask's own command-line tools as docs/studies.md
+    says: the scheduler outside the repository, unable to import it (as on a login node), the workers in it."""
     dask, file = Path(sys.executable).parent / "dask", tmp_path / "scheduler.json"
     env = {**without_settings(), "PYTHONPATH": str(REPO)}
     scheduler = [dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", file]
-    started = [subprocess.Popen(scheduler, env=env, start_new_session=True, stderr=subprocess.DEVNULL)]
+    outside = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    started = [
+        subprocess.Popen(scheduler, cwd=tmp_path, env=outside, start_new_session=True, stderr=subprocess.DEVNULL)
+    ]
     wait_until(file.exists)
     address = json.loads(file.read_text())["address"]
     for name in ("w0", "w1"):
@@ -295,13 +299,13 @@ def test_a_study_on_two_workers_with_one_killed_mid_run_gives_the_numbers_of_one
 ):
     address, workers = dask_cluster
     said = []
-    studies.run_study("tiny", CHAIN_AND_ONE, tmp_path / "here", study_env, echo=said.append)  # the embedded cluster
+    studies.run_study("tiny", THREE_RUNS, tmp_path / "here", study_env, echo=said.append)  # the embedded cluster
     assert any("on a local cluster of 1 worker" in line for line in said)
     errors = []
 
     def on_the_cluster():
         try:
-            studies.run_study("tiny", CHAIN_AND_ONE, tmp_path / "there", study_env, echo=said.append, scheduler=address)
+            studies.run_study("tiny", THREE_RUNS, tmp_path / "there", study_env, echo=said.append, scheduler=address)
         except Exception as error:  # noqa: BLE001 -- reported below
             errors.append(error)
 
@@ -312,13 +316,12 @@ def test_a_study_on_two_workers_with_one_killed_mid_run_gives_the_numbers_of_one
     os.killpg(lost.pid, signal.SIGKILL)
     study.join(timeout=600)
     assert not errors and not study.is_alive(), errors
-    for run in CHAIN_AND_ONE:
+    for run in THREE_RUNS:
         assert the_numbers(tmp_path / "there" / run) == the_numbers(tmp_path / "here" / run), run
         assert not list((tmp_path / "there" / run).glob(".*.tmp"))
-    assert json.loads((tmp_path / "there" / "long" / "metrics.json").read_text())["resumed"][0]["after_epoch"] == 1
 
 
-STOPPABLE = {**CHAIN_AND_ONE, "other": {**TINY, "train_size": 2048, "epochs": 30, "seed": 1}}
+STOPPABLE = {**THREE_RUNS, "other": {**TINY, "train_size": 2048, "epochs": 30, "seed": 1}}
 
 
 def scratch_checkpoint(run):
