@@ -2,7 +2,7 @@
 standard library only (nothing of this repo, no settings, no network).
 
 * loss       -- the two terms of the negative ELBO and `vae_loss`, their sum (the KL weighted by
-                `kl_weight`: beta, warm-up); `iwae_loss`; `learning_rate`, Adam's rate per epoch.
+                `kl_weight`: beta, warm-up); `iwae_loss` and `iwae_dreg_loss`; `learning_rate`.
 * evaluation -- `importance_weighted_bound`, `active_units`, `kl_per_dimension`, `mean_and_stderr`.
 * pictures   -- `save_grid` and `save_figure`, written through `atomic_path` (a temporary file,
                 renamed), so an interrupted run never leaves a half-written file.
@@ -22,6 +22,7 @@ from torch.distributions import ContinuousBernoulli, Normal
 IMAGE_SIZE = 28 * 28
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "binarized")
 OBJECTIVES = ("elbo", "iwae")
+GRADIENTS = ("plain", "dreg")  # dreg: the doubly reparameterised encoder gradient of iwae
 LR_SCHEDULES = ("constant", "burda")
 
 
@@ -99,6 +100,23 @@ def iwae_loss(encode, decode_logits, x, k, likelihood="bernoulli", generator=Non
     the ELBO with the KL estimated from the same draw instead of in closed form)."""
     log_w = log_importance_weights(encode, decode_logits, x, k, likelihood, generator)
     return -(torch.logsumexp(log_w, dim=0) - math.log(k)).sum()
+
+
+def iwae_dreg_loss(encode, decode_logits, x, k, likelihood="bernoulli", generator=None):
+    """`iwae_loss`'s value and the decoder's gradient, with Tucker et al.'s (2019) doubly reparameterised gradient
+    for the encoder: sum_i w~_i^2 d log w_i / d z_i dz_i / dphi, log q at stopped parameters (no score term)."""
+    mu, log_var = encode(x)
+    scale = torch.exp(0.5 * log_var)
+    z = mu + torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype) * scale
+    logits = decode_logits(z.reshape(-1, z.shape[-1])).reshape(k, len(x), -1)
+    log_px_z = -reconstruction_nll(logits, x.expand(k, -1, -1), likelihood).sum(-1)
+    log_w = log_px_z + Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mu.detach(), scale.detach()).log_prob(z).sum(-1)
+    weights = torch.softmax(log_w.detach(), dim=0)  # w~_i, normalised over the k draws
+    if z.requires_grad:  # the encoder's path through z_i: its gradient, already w~_i d log w_i, times w~_i again
+        z.register_hook(lambda grad: grad * weights.unsqueeze(-1))
+    surrogate = -(weights * log_w).sum()  # the decoder's gradient: IWAE's, sum_i w~_i d log w_i / d theta
+    value = -(torch.logsumexp(log_w.detach(), dim=0) - math.log(k)).sum()
+    return value + surrogate - surrogate.detach()
 
 
 # ---- evaluation ------------------------------------------------------------------------------

@@ -38,8 +38,12 @@ def resolve(parameters=None, environ=None, claim_folder=True, source="the parame
     if s.weights:
         try:
             files.load_weights(REPO / s.weights)  # whole and finite, before the data is loaded or a folder made
-        except files.CheckpointError as error:
+            made = files.read_metrics((REPO / s.weights).parent, missing_ok=True)  # the run beside them, if any
+        except (files.CheckpointError, files.UnreadableRun) as error:
             raise SettingsError(str(error)) from None
+        if made and made["settings"]["latent_dim"] != s.latent_dim:
+            raise SettingsError(f"weights={s.weights} hold a model of latent_dim={made['settings']['latent_dim']} "
+                                f"(their metrics.json says so): set latent_dim to that.")  # fmt: skip
     try:  # the system's own words where a folder cannot be: not writable, a name too long, not a folder
         folder = results_folder(s)
         s.results_dir = shown(folder)
@@ -142,7 +146,6 @@ def digest(path) -> str:
 
 def check_folder(settings, folder: Path):
     """Refuse a folder holding another run (settings, code, weights), or an unfinished one without `resume`."""
-    fixed = [name for name in SPEC if name not in RESUME_MAY_CHANGE or not settings.resume]
     checkpoint = folder / "checkpoint.pt"
     try:
         previous = files.read_metrics(folder, missing_ok=True)
@@ -152,8 +155,10 @@ def check_folder(settings, folder: Path):
             return
         raise SettingsError(f"{error} Delete it to start afresh, or choose another name or results_dir.") from None
     code = fingerprint.code_of()
+    may_change = RESUME_MAY_CHANGE if settings.resume or not previous else {"epochs"}  # an evaluation stays as it is
+    fixed = [name for name in SPEC if name not in may_change]
     for what, saved in ((shown(folder), previous), (checkpoint, state)):
-        found = differences(saved["settings"], settings, fixed) if saved else []
+        found = differences(saved["settings"], settings, fixed if state else SPEC) if saved else []
         if found:
             raise SettingsError(
                 f"{what} holds a run with other settings ({'; '.join(found)}). Choose another name or "

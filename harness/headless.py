@@ -27,8 +27,7 @@ import nbformat
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from harness import NOTEBOOK, PREFIX, REPO, STOPS, Stopped, files, folders, raise_stopped, settings
-from harness.folders import resolve
+from harness import NOTEBOOK, PREFIX, REPO, STOPS, Stopped, files, folders, raise_stopped, record, settings
 from vae_utils import atomic_path
 
 FAILED_SPEC_RUN = folders.RUNS / "failed-spec-run.ipynb"
@@ -95,8 +94,7 @@ class LiveClient(nbclient.NotebookClient):  # echoes each section and printed li
     def announce(self, cell, cell_index):
         self.stop_if_signalled(self.nb)  # a stop that came between two cells: the next one does not start
         self.cell_index = cell_index
-        section = section_of(self.nb, cell_index)
-        if section != self.section:
+        if (section := section_of(self.nb, cell_index)) != self.section:
             self.section = section
             self.echo(f"-- {section}\n")
 
@@ -125,18 +123,21 @@ def parameters_from(environ) -> dict:  # the settings given as VAE_* variables, 
 
 
 def execute(parameters: dict, environ=None, echo=None, source="the parameters cell") -> Path:
-    """Execute the notebook with these settings; return where the executed notebook went.
-
-    Raises SettingsError before a kernel starts for a bad value, and RunFailed with a one-line
-    message when the notebook fails (a refusal of the settings cell included) or is stopped.
-    """
+    """Execute the notebook with these settings; where the executed notebook went. SettingsError before a kernel
+    starts; RunFailed (one line) when the notebook fails (a refusal of the settings cell too) or is stopped."""
     echo = echo or to_stdout
-    resolved = resolve(parameters, environ={}, claim_folder=False, source=source)
+    resolved = folders.resolve(parameters, environ={}, claim_folder=False, source=source)
     folder = REPO / resolved.results_dir
     spec_run = folder == folders.RECORD
     given = {k: v for k, v in parameters.items() if k not in ("name", "results_dir")}
     kernel_env = {k: v for k, v in (os.environ if environ is None else environ).items() if not settings.is_variable(k)}
     kernel_env["JPY_SESSION_NAME"] = str(NOTEBOOK)  # the notebook the kernel runs, as Jupyter names it
+    if spec_run and (wrong := "; ".join(record.parameters_not_the_spec())):  # an experiment, over the record
+        raise RunFailed(
+            f"the notebook's parameters cell is not the declaration in harness/settings.py ({wrong}): "
+            "make them agree (`python3 tasks.py restore` brings back the committed cell).",
+            EXIT_SETTINGS,
+        )
     if spec_run:  # the committed notebook keeps its own parameters cell: machine settings go as variables
         output, failed_output = NOTEBOOK, FAILED_SPEC_RUN
         echo(f"the spec's run: the notebook in place, results in {resolved.results_dir}/\n")
@@ -236,9 +237,8 @@ def main():  # `python3 tasks.py run`: the settings come from the VAE_* environm
         say(str(error) if error.code > 128 else f"error: {error}")
         sys.exit(error.code)
     except KeyboardInterrupt as error:
-        signum = getattr(error, "signum", signal.SIGINT)
-        say(f"{error} before the kernel started: nothing was written.")
-        sys.exit(128 + signum)
+        say(f"{str(error) or 'stopped (Ctrl-C)'} before the kernel started: nothing was written.")
+        sys.exit(getattr(error, "code", 130))
 
 
 def say(line):

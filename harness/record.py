@@ -15,11 +15,10 @@ from harness import NOTEBOOK
 from harness.settings import SPEC
 
 
-def not_the_record(path=NOTEBOOK) -> str | None:
-    """Why the notebook at `path` is not one clean spec run, or None when it is."""
-    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+def parameters_not_the_spec(path=NOTEBOOK) -> list:
+    """`name = X instead of Y` for each setting the notebook's parameters cells give another value than the spec."""
     found = []
-    for cell in cells:
+    for cell in json.loads(path.read_text())["cells"]:
         tags = cell.get("metadata", {}).get("tags", [])
         if "parameters" in tags or "injected-parameters" in tags:
             try:
@@ -29,6 +28,13 @@ def not_the_record(path=NOTEBOOK) -> str | None:
                         found.append(f"{name} = {value!r} instead of {SPEC[name]!r}")
             except (SyntaxError, ValueError, AttributeError, IndexError):
                 found.append("a parameters cell that is not plain assignments of values")
+    return found
+
+
+def not_the_record(path=NOTEBOOK) -> str | None:
+    """Why the notebook at `path` is not one clean spec run, or None when it is."""
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    found = parameters_not_the_spec(path)
     counts = [c.get("execution_count") for c in cells]
     errors = any(o.get("output_type") == "error" for c in cells for o in c.get("outputs", []))
     if counts != list(range(1, len(cells) + 1)) or errors:

@@ -156,10 +156,13 @@ class TrainingRun:
         """
         self.check(model, optimizer)
         self.back_to_last_epoch()
-        if self.show_history:
+        if self.show_history:  # now, before the caller's progress bar starts
             self.show_history = False
             for row in self.history:
                 print(epoch_line(row))
+        return self.epochs_left()
+
+    def epochs_left(self):
         for epoch in range(self.epoch + 1, self.settings.epochs + 1) if self.trains else ():
             self.in_epoch = epoch
             yield epoch

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import torch
 
 from harness import PREFIX, REPO
-from vae_utils import LIKELIHOODS, LR_SCHEDULES, OBJECTIVES
+from vae_utils import GRADIENTS, LIKELIHOODS, LR_SCHEDULES, OBJECTIVES
 
 
 class SettingsError(ValueError):  # a value that cannot be used; the message names the setting and what it accepts
@@ -72,6 +72,8 @@ SETTINGS = {
     "latent_dim": Setting(20, "size of z", 2, 784, note="(the figures need two dimensions)"),
     "likelihood": Setting("bernoulli", "p(x|z); `binarized`: pixels drawn as 0 or 1", choices=LIKELIHOODS),
     "objective": Setting("elbo", "`iwae`: the importance-weighted bound of `train_samples` draws", choices=OBJECTIVES),
+    "gradient": Setting("plain", "`dreg` (with `iwae`): Tucker et al.'s doubly reparameterised encoder gradient",
+                        choices=GRADIENTS),
     "train_samples": Setting(1, "k of the `iwae` objective; 1 with `elbo`", 1, 5000, note="(with objective iwae)"),
     "beta": Setting(1.0, "weight of the KL term while training (beta-VAE); the test loss is always the ELBO", 0, 100),
     "kl_warmup": Setting(0, "epochs over which the KL weight rises linearly from 0 to `beta`", 0,
@@ -96,7 +98,8 @@ SETTINGS = {
 # fmt: on
 SPEC = {name: s.default for name, s in SETTINGS.items() if s.numbers}
 RESUME_MAY_CHANGE = {"epochs", "iw_samples"}  # evaluation-only or the length of training
-TRAINING = {"epochs", "batch_size", "lr", "adam_eps", "lr_schedule", "objective", "train_samples", "beta", "kl_warmup"}
+TRAINING = {"epochs", "batch_size", "lr", "adam_eps", "lr_schedule", "objective", "gradient", "train_samples", "beta",
+            "kl_warmup"}  # fmt: skip
 PATHS = ("weights", "results_dir", "data_dir")  # relative to the repository in the notebook
 MAX_TRAIN_ROWS = 2**16  # decoder rows per training step (train_samples x batch_size): about 1.5 GB
 
@@ -109,8 +112,7 @@ def values_of(settings) -> dict:  # a saved run's (a dict) read with today's dec
     return complete(settings) if isinstance(settings, dict) else vars(settings)
 
 
-def differences(saved, current, names=SPEC) -> list:
-    """`name: X there, Y now` for each setting of `names` that differs."""
+def differences(saved, current, names=SPEC) -> list:  # `name: X there, Y now` for each of `names` that differs
     saved, current = values_of(saved), values_of(current)
     return [f"{n}: {saved[n]!r} there, {current[n]!r} now" for n in names if saved[n] != current[n]]
 
@@ -129,19 +131,16 @@ def is_variable(key) -> bool:  # each VAE_* variable is a setting, or refused
     return key.startswith(PREFIX)
 
 
-def complete(saved: dict) -> dict:
-    """A saved run's settings with every setting declared today: one it predates has the value of `before`."""
+def complete(saved: dict) -> dict:  # every setting of today; one the saved run predates: its `before`
     return {n: saved.get(n, s.default if s.before is ... else s.before) for n, s in SETTINGS.items()}
 
 
-def wrong(saved: dict) -> list:
-    """The saved settings that today's declaration does not accept (a record is never guessed at)."""
+def wrong(saved: dict) -> list:  # the saved settings today's declaration refuses (no record is guessed at)
     return [f"settings.{n} = {v!r} (not {SETTINGS[n].accepts})" for n, v in complete(saved).items()
             if not SETTINGS[n].check(v)]  # fmt: skip
 
 
-def from_text(name, text, source):
-    """The value of setting `name` written as text (an environment variable)."""
+def from_text(name, text, source):  # the value of setting `name` written as text (an environment variable)
     kind = type(SETTINGS[name].default)
     word, yes = text.strip().lower(), {"1", "true", "yes", "on"}
     try:
@@ -152,8 +151,7 @@ def from_text(name, text, source):
         raise SettingsError(f"{source}={text!r} is not valid: {name} takes {SETTINGS[name].accepts}.") from None
 
 
-def from_environment(environ) -> dict:
-    """Settings from `VAE_<NAME>` variables. A variable that looks like a setting and is none is refused."""
+def from_environment(environ) -> dict:  # settings from `VAE_<NAME>` variables; one that is no setting is refused
     values = {}
     for key, text in environ.items():
         if not is_variable(key):
@@ -166,8 +164,7 @@ def from_environment(environ) -> dict:
     return values
 
 
-def typed(name, value):
-    """A value from the parameters cell, as its setting's type (2 for a float, 1 for True, a device)."""
+def typed(name, value):  # a value from the parameters cell as its setting's type (2 a float, 1 True, a device)
     kind = type(SETTINGS[name].default)
     if kind is float and type(value) is int:
         return float(value)
@@ -186,6 +183,8 @@ def check_combination(s):
         if trained:
             raise SettingsError(f"weights skips training, so {', '.join(trained)} would change nothing; leave them.")
         s.weights = shown((REPO / s.weights).resolve())  # one file, one value: given relative or absolute
+    if s.gradient == "dreg" and s.objective != "iwae":
+        raise SettingsError("gradient dreg is the encoder gradient of the iwae objective; with elbo it must be plain.")
     if s.objective == "elbo" and s.train_samples != 1:
         raise SettingsError(f"train_samples={s.train_samples} is the k of the iwae objective; with elbo it must be 1.")
     if s.objective == "iwae" and (s.beta != 1 or s.kl_warmup):

@@ -16,10 +16,11 @@ if __name__ == "__main__":
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
-from harness import PREFIX, files, fingerprint
+from harness import PREFIX, STOPS, files, fingerprint, raise_stopped
 from harness.cluster import MACHINE_SETTINGS, StudyFailed, run_on_cluster
 from harness.folders import STUDY_RECORD, resolve
 from harness.plans import STUDIES
@@ -107,6 +108,8 @@ def arguments(argv):
 
 
 def main(argv):
+    for signum in STOPS:  # a stop (Ctrl-C, SIGTERM, SIGHUP) ends every run of the study, then the command
+        signal.signal(signum, raise_stopped)
     args = arguments(argv)
     name, plan = args.name, STUDIES[args.name]
     try:
@@ -118,7 +121,7 @@ def main(argv):
                 print(f"study {name}: {len(left)} of {len(plan)} runs still to run ({', '.join(left)}); "
                       "its summary is written when they are done")  # fmt: skip
                 return
-        print(summarize(name))
+        print(summarize(name, STUDY_RECORD / name))
     except (StudyFailed, SettingsError, files.UnreadableRun) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt as error:

@@ -100,3 +100,9 @@ def test_vae_utils_imports_nothing_of_the_repo_and_the_notebook_runs_without_fcn
     done = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "epoch  1" in done.stdout and json.loads((tmp_path / "run" / "metrics.json").read_text())["finished"]
+
+
+def test_a_cell_that_computes_a_settings_value_is_code_not_parameters():
+    assert fingerprint.is_parameters("epochs = 5\nlr = 1e-3\nname = 'x'")
+    assert not fingerprint.is_parameters("seed = model.fc_mu.weight.data.mul_(0.5)")
+    assert not fingerprint.is_parameters("epochs = 5\nbeta = float(epochs)")

@@ -2,12 +2,14 @@
 another run (or an unfinished one, or files no run made) never overwritten."""
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO, checkpoint_state, claim, holding_lock, load, record
-from harness import files, folders, settings
+from harness import files, fingerprint, folders, settings
 
 
 # ---- where a run writes ------------------------------------------------------------------------
@@ -139,3 +141,57 @@ def test_a_name_that_leads_through_a_symlink_into_the_repository_is_refused(tmp_
 def test_mnist_may_not_go_into_the_record():
     with pytest.raises(settings.SettingsError, match=r"data_dir=results/data: MNIST does not go into results/"):
         load(VAE_DATA_DIR="results/data")
+
+
+# ---- what a hostile pass found ------------------------------------------------------------------
+def test_a_folder_of_another_codes_run_is_refused_in_the_settings_cell_before_anything_is_written(folder):
+    results = Path(folder["VAE_RESULTS_DIR"])
+    other = {"fingerprint": "0123456789abcdef", "parts": {"vae_utils.py": "edited"}}
+    files.write_json(results / "metrics.json", record(vars(load(**folder)), code=other))
+    (results / "train_digits.png").write_bytes(b"the old run's")
+    with pytest.raises(settings.SettingsError, match=r"holds a run of other code \(changed: .*vae_utils.py"):
+        claim(**folder)
+    assert (results / "train_digits.png").read_bytes() == b"the old run's"
+
+
+def test_a_finished_run_is_evaluated_again_with_another_iw_samples_only_with_resume(folder):
+    checkpoint = Path(folder["VAE_RESULTS_DIR"]) / "checkpoint.pt"
+    files.save_checkpoint(checkpoint, checkpoint_state(load(**folder), epoch=20))
+    with pytest.raises(settings.SettingsError, match=r"other settings \(iw_samples: 50 there, 5 now\)"):
+        claim(VAE_IW_SAMPLES="5", **folder)
+    assert claim(VAE_IW_SAMPLES="5", VAE_RESUME="1", **folder).iw_samples == 5
+
+
+def test_an_evaluation_of_weights_whose_file_changed_since_is_kept(folder, tmp_path):
+    weights = files.save_weights(tmp_path / "trained" / "vae.pt", torch.nn.Linear(3, 2))
+    given = {"VAE_WEIGHTS": str(weights), **folder}
+    evaluated = vars(load(**given))
+    made = record(evaluated, fingerprint.code_of(), weights_from={"sha256": folders.digest(weights)})
+    files.write_json(Path(folder["VAE_RESULTS_DIR"]) / "metrics.json", made)
+    assert claim(**given).weights == evaluated["weights"]  # the same file: evaluated again in place
+    files.save_weights(weights, torch.nn.Linear(3, 2))  # retrained with another seed
+    with pytest.raises(settings.SettingsError, match="holds the evaluation of other weights than"):
+        claim(**given)
+
+
+def test_the_same_weights_given_relative_or_absolute_are_one_setting(tmp_path, monkeypatch):
+    weights = files.save_weights(REPO / "runs" / "test-weights" / "vae.pt", torch.nn.Linear(3, 2))
+    try:
+        monkeypatch.chdir(REPO)
+        assert load(VAE_WEIGHTS="runs/test-weights/vae.pt").weights == load(VAE_WEIGHTS=str(weights)).weights
+    finally:
+        shutil.rmtree(weights.parent)
+
+
+def test_weights_holding_nan_or_of_another_latent_size_are_refused_before_any_folder_is_made(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    weights = files.save_weights(tmp_path / "trained" / "vae.pt", model)
+    files.write_json(tmp_path / "trained" / "metrics.json", record(vars(load(VAE_LATENT_DIM="5"))))
+    with pytest.raises(settings.SettingsError, match=r"hold a model of latent_dim=5 .*: set latent_dim to that"):
+        claim(VAE_WEIGHTS=str(weights), VAE_RESULTS_DIR=str(tmp_path / "run"))
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    files.save_weights(weights, model)
+    with pytest.raises(settings.SettingsError, match=r"holds NaN or infinite values \(in weight\)"):
+        claim(VAE_WEIGHTS=str(weights), VAE_RESULTS_DIR=str(tmp_path / "run"), VAE_LATENT_DIM="5")
+    assert not (tmp_path / "run").exists()

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_notebook, tasks, wait_until
-from harness import headless
+from harness import headless, settings
 from harness.run import epoch_line
 
 pytestmark = pytest.mark.slow
@@ -389,3 +389,13 @@ def test_a_failed_notebook_that_cannot_be_written_leaves_the_real_error_and_says
     assert (
         said == f"the executed notebook could not be written ([Errno 28] No space left on the device to write {path})."
     )
+
+
+def test_a_default_changed_in_the_declaration_but_not_in_the_parameters_cell_is_refused_before_a_kernel_starts(
+    monkeypatch, mnist_root
+):
+    declared = settings.SETTINGS["iw_samples"]
+    monkeypatch.setitem(settings.SETTINGS, "iw_samples", settings.Setting(**{**vars(declared), "default": 100}))
+    monkeypatch.setitem(settings.SPEC, "iw_samples", 100)  # the spec's run now, which the cell's 50 would not be
+    with pytest.raises(headless.RunFailed, match=r"parameters cell is not the declaration .*iw_samples = 50 instead"):
+        headless.execute({"data_dir": str(mnist_root)}, environ={}, echo=lambda text: None)

@@ -14,7 +14,7 @@ from conftest import REPO
 from harness import files, fingerprint, folders, settings
 
 # The layers, from the bottom: each module imports only modules before it (harness/__init__.py says the same).
-LAYERS = ["settings", "plans", "mnist", "files", "fingerprint", "provenance", "folders", "run", "headless", "record",
+LAYERS = ["settings", "plans", "mnist", "files", "fingerprint", "provenance", "folders", "run", "record", "headless",
           "figures", "summaries", "tables", "cluster", "studies"]  # fmt: skip
 
 

@@ -337,8 +337,8 @@ def test_ctrl_c_on_a_study_stops_every_run_it_started_and_leaves_no_task_kernel_
     address, workers = dask_cluster
     driver = tmp_path / "driver.py"
     driver.write_text(
-        "import sys\nfrom pathlib import Path\nfrom harness import studies\n"
-        f"studies.STUDIES['tiny'] = {STOPPABLE!r}\nstudies.STUDY_RECORD = Path(sys.argv[1])\n"
+        "import sys\nfrom pathlib import Path\nfrom harness import folders, studies\n"
+        f"studies.STUDIES['tiny'] = {STOPPABLE!r}\nfolders.STUDY_RECORD = studies.STUDY_RECORD = Path(sys.argv[1])\n"
         "if __name__ == '__main__':\n    studies.main(['tiny', '--scheduler', sys.argv[2]])\n"
     )
     for old in REPO.glob("runs/.studies/tiny-other-*"):  # an earlier test's leftovers are not this one's
@@ -396,8 +396,8 @@ def study_command(tmp_path, *options):
     """`python3 tasks.py study tiny OPTIONS` as tasks.py runs it (python -m harness.studies), into tmp_path/study."""
     driver = tmp_path / "driver.py"
     driver.write_text(
-        "import runpy, sys, warnings\nfrom pathlib import Path\nfrom harness import studies\n"
-        f"studies.STUDIES['tiny'] = {TWO_RUNS!r}\nstudies.STUDY_RECORD = Path(sys.argv[1])\n"
+        "import runpy, sys, warnings\nfrom pathlib import Path\nfrom harness import folders, studies\n"
+        f"studies.STUDIES['tiny'] = {TWO_RUNS!r}\nfolders.STUDY_RECORD = studies.STUDY_RECORD = Path(sys.argv[1])\n"
         "if __name__ == '__main__':  # not again in the local cluster's worker, which imports this file\n"
         "    sys.argv[1:] = ['tiny', *sys.argv[2:]]\n"
         "    warnings.filterwarnings('ignore', '.harness.studies. found in sys.modules')  # imported above, to set\n"
