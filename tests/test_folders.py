@@ -157,6 +157,8 @@ def test_a_folder_of_another_codes_run_is_refused_in_the_settings_cell_before_an
 def test_a_finished_run_is_evaluated_again_with_another_iw_samples_only_with_resume(folder):
     checkpoint = Path(folder["VAE_RESULTS_DIR"]) / "checkpoint.pt"
     files.save_checkpoint(checkpoint, checkpoint_state(load(**folder), epoch=20))
+    assert claim(VAE_IW_SAMPLES="5", **folder).iw_samples == 5  # stopped in its evaluation: no record to keep yet
+    files.write_json(checkpoint.parent / "metrics.json", record(vars(load(**folder)), fingerprint.code_of()))
     with pytest.raises(settings.SettingsError, match=r"other settings \(iw_samples: 50 there, 5 now\)"):
         claim(VAE_IW_SAMPLES="5", **folder)
     assert claim(VAE_IW_SAMPLES="5", VAE_RESUME="1", **folder).iw_samples == 5
