@@ -17,6 +17,8 @@ BURDA = {("elbo", 1): (86.76, 19), ("iwae", 5): (85.54, 22), ("iwae", 50): (84.7
 
 def objective_label(settings) -> str:
     label = "ELBO" if settings["objective"] == "elbo" else f"IWAE, k = {settings['train_samples']}"
+    label += ", DReG" if settings["gradient"] == "dreg" else ""
+    label += f", Adam's ε {settings['adam_eps']:g}" if settings["adam_eps"] != 1e-8 else ""
     return label + (f", KL warm-up over {settings['kl_warmup']} epochs" if settings["kl_warmup"] else "")
 
 

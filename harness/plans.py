@@ -30,4 +30,11 @@ STUDIES = {
         "epochs540_burda": BURDA540,
     },
     "burda540": seeded({run: OBJECTIVES[run] for run in ("elbo", "elbo_warmup", "iwae5")}, BURDA540),
+    "dreg540": seeded(
+        {
+            "iwae5_dreg": {**OBJECTIVES["iwae5"], "gradient": "dreg"},  # beside burda540's iwae5
+            "iwae5_dreg_eps": {**OBJECTIVES["iwae5"], "gradient": "dreg", "adam_eps": 1e-4},
+        },
+        BURDA540,
+    ),
 }

@@ -215,6 +215,7 @@ SUMMARIES = {  # study -> (table of its runs and their minutes, figure file and 
     "objectives": (seeded_table, "objectives.png", seeded_figure),
     "budget": (budget_table, "budget.png", budget_figure),
     "burda540": (seeded_table, "burda540.png", seeded_figure),
+    "dreg540": (seeded_table, "dreg540.png", seeded_figure),
 }
 
 
