@@ -110,24 +110,15 @@ class TrainingRun:
         """Refuse a model and optimiser that are not this run's (a cell run again alone), before any training."""
         params = {id(p) for group in optimizer.param_groups for p in group["params"]}
         if model is not self.model or optimizer is not self.optimizer or params != {id(p) for p in model.parameters()}:
-            raise RunRefused(
-                "the model and the optimiser are not the run's (a cell above was run again alone): "
-                "run the cells again from the model's cell on (or Run All)."
-            )
+            raise RunRefused("the model and the optimiser are not the run's (a cell above was run again alone): "
+                             "run the cells again from the model's cell on (or Run All).")  # fmt: skip
 
     def state(self) -> dict:
         """Everything needed to go on: weights, optimiser, epoch, metrics, settings, generator (copies)."""
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch,
-            "metrics": self.history,
-            "settings": vars(self.settings),
-            "rng": self.generator.get_state(),
-            "resumed": self.resumed,
-            "code": self.code,
-            "machine": self.machine,  # where the epochs so far ran (another thread count rounds otherwise)
-        }
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
+                 "metrics": self.history, "settings": vars(self.settings), "rng": self.generator.get_state(),
+                 "resumed": self.resumed, "code": self.code,
+                 "machine": self.machine}  # where the epochs ran (another thread count rounds otherwise)  # fmt: skip
         return copy.deepcopy(state)
 
     def restore(self, state: dict):
@@ -150,10 +141,7 @@ class TrainingRun:
         return stopped
 
     def epochs(self, model, optimizer):
-        """The epochs left, numbered on from the last complete one (none when the run is finished).
-
-        `model` and `optimizer` are the ones the training cell uses: they must be this run's.
-        """
+        """The epochs left, numbered on from the last complete one; `model` and `optimizer` must be this run's."""
         self.check(model, optimizer)
         self.back_to_last_epoch()
         if self.show_history:  # now, before the caller's progress bar starts
