@@ -151,6 +151,21 @@ def spread(values) -> dict:
     return {"median": statistics.median(values), "low": min(values), "high": max(values)}
 
 
+def ratios_of(rounds) -> dict:
+    """Each ratio of two contenders, per round (neighbours in time), as its median and range over the rounds."""
+    return {
+        "this repo is faster than the baseline by": spread([r["seed-style baseline"] / r["this repo"] for r in rounds]),
+        "this repo takes this many times the GEMM floor": spread([r["this repo"] / r["GEMM floor"] for r in rounds]),
+        **{
+            f"{name.removeprefix('this repo, ')} takes this many times its GEMM floor": spread(
+                [r[name] / r[f"GEMM floor, IWAE k = {k}"] for r in rounds]
+            )
+            for name, k in IWAE.items()
+        },
+        "the GEMM floor's share of peak GEMM": spread([r["floor_gflops"] / r["peak_gflops"] for r in rounds]),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=5, help="epochs of each loop in each round (>= 2; default 5)")
@@ -195,21 +210,7 @@ def main():
             }
             for name in contenders
         },
-        "ratios": {
-            "this repo is faster than the baseline by": spread(
-                [r["seed-style baseline"] / r["this repo"] for r in rounds]
-            ),
-            "this repo takes this many times the GEMM floor": spread(
-                [r["this repo"] / r["GEMM floor"] for r in rounds]
-            ),
-            **{
-                f"IWAE k = {k} takes this many times its GEMM floor": spread(
-                    [r[name] / r[f"GEMM floor, IWAE k = {k}"] for r in rounds]
-                )
-                for name, k in IWAE.items()
-            },
-            "the GEMM floor's share of peak GEMM": spread([r["floor_gflops"] / r["peak_gflops"] for r in rounds]),
-        },
+        "ratios": ratios_of(rounds),
         "peak_gflops": statistics.median(r["peak_gflops"] for r in rounds),
     }
     print("\n" + benchmark_table(figures))
