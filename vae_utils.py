@@ -1,12 +1,7 @@
-"""The VAE's maths and its pictures, shared by the notebook and the tests: torch, torchvision and the
-standard library only (nothing of this repo, no settings, no network).
-
-* loss       -- the two terms of the negative ELBO and `vae_loss`, their sum (the KL weighted by
-                `kl_weight`: beta, warm-up); `iwae_loss` and `iwae_dreg_loss`; `learning_rate`.
-* evaluation -- `importance_weighted_bound`, `active_units`, `kl_per_dimension`, `mean_and_stderr`.
-* pictures   -- `save_grid` and `save_figure`, written through `atomic_path` (a temporary file,
-                renamed), so an interrupted run never leaves a half-written file.
-"""
+"""The VAE's maths and its pictures, shared by the notebook and the tests (torch, torchvision, the standard
+library): the loss terms, `vae_loss`, `iwae_loss`, `iwae_dreg_loss`, `learning_rate`; the evaluation's bound,
+active units, KL per dimension; `save_grid` and `save_figure`, written through `atomic_path` (a temporary
+file renamed into place, so a stopped run never leaves a half-written one)."""
 
 import contextlib
 import errno
@@ -67,12 +62,9 @@ def kl_weight(beta, warmup_epochs, progress):
 
 
 def learning_rate(lr, schedule, epoch):
-    """The learning rate of epoch `epoch` (1, 2, ...): `lr` throughout ("constant", the spec), or "burda".
-
-    Burda et al. (2016, section 5) train in stages i = 0, 1, 2, ... of 3**i epochs at lr * 10**(-i/7):
-    epoch 1 is stage 0, epochs 2-4 stage 1, 5-13 stage 2, ..., 1094-3280 stage 7 (their last); later
-    epochs go on the same way. A function of the epoch alone, so a resumed run gets the same rates.
-    """
+    """The learning rate of epoch 1, 2, ...: `lr` ("constant", the spec), or "burda": Burda et al. (2016, sec. 5)
+    train in stages i = 0, 1, ... of 3**i epochs at lr * 10**(-i/7) (epoch 1 is stage 0, epochs 2-4 stage 1,
+    5-13 stage 2, ...). A function of the epoch alone, so a resumed run gets the same rates."""
     if schedule not in LR_SCHEDULES:
         raise ValueError(f"schedule must be one of {', '.join(LR_SCHEDULES)}; got {schedule!r}")
     if schedule == "constant":
@@ -151,11 +143,8 @@ def mean_and_stderr(values):
 
 
 def manifold_grid(n=20):
-    """Codes for Kingma & Welling's manifold figure: z = Phi^-1(u) on an n x n grid of u in (0, 1)^2.
-
-    Returns (n * n, 2) in reading order for `save_grid(..., nrow=n)`: z_1 rises along a row, z_2
-    falls from the top row to the bottom one.
-    """
+    """Kingma & Welling's manifold: z = Phi^-1(u) on an n x n grid of u in (0, 1)^2, as (n * n, 2) in reading
+    order for `save_grid(..., nrow=n)` (z_1 rises along a row, z_2 falls from the top row to the bottom)."""
     u = (torch.arange(n, dtype=torch.float32) + 0.5) / n  # the open unit interval, evenly
     z = Normal(0.0, 1.0).icdf(u)
     z_1, z_2 = torch.meshgrid(z, z.flip(0), indexing="xy")
