@@ -207,6 +207,35 @@ def budget_table(runs: dict, minutes) -> str:
     return table(header, rows, "rrrrrr") + f"\n\n{WALL_TIME}"
 
 
+# Published -log p(x) of IWAE with and without DReG, one stochastic layer, Burda et al.'s recipe (batches of 20,
+# 3,280 passes, Adam's ε 1e-4): (who, k, IWAE, DReG); nbip/IWAE's README, its `main.py` and `tasks/task02.py`.
+PUBLISHED_DREG = [
+    ("Burda et al. 2016, table 1", 5, 85.54, None),
+    ("nbip/IWAE, a TensorFlow 2 reproduction of Burda et al.", 5, 85.18, 84.90),
+    ("nbip/IWAE, a TensorFlow 2 reproduction of Burda et al.", 50, 84.59, 84.32),
+]
+BASELINE = ("burda540", ("iwae5", "iwae5_seed1", "iwae5_seed2"))  # dreg540's rows stand beside these
+
+
+def baseline() -> tuple:
+    """burda540's IWAE k = 5 runs (named `burda540/RUN`) and their seconds, for dreg540's table and figure."""
+    study, names = BASELINE
+    runs = {f"{study}/{run}": read_metrics(STUDY_RECORD / study / run) for run in names}
+    return runs, {f"{study}/{run}": s for run, s in load_timings(STUDY_RECORD / study).items()}
+
+
+def dreg_table(runs: dict, minutes) -> str:
+    """dreg540's rows beside burda540's IWAE k = 5 (the same schedule and evaluation), then the published rows."""
+    before, seconds = baseline()
+    published = [[who, k, f"{iwae:.2f}", f"{dreg:.2f}" if dreg else "-"] for who, k, iwae, dreg in PUBLISHED_DREG]
+    header = ["published -log p(x): one stochastic layer, batches of 20, 3,280 passes", "k", "IWAE", "IWAE, DReG"]
+    return "\n".join([
+        seeded_table({**before, **runs}, {**seconds, **minutes}), "",
+        f"The IWAE k = 5 row is study {BASELINE[0]}'s. {code_line(before)}", "",
+        table(header, published, "lrrr"),
+    ])  # fmt: skip
+
+
 SUMMARIES = {  # study -> (table of its runs and their minutes, figure file and function)
     "seeds": (lambda runs, minutes: seeds_table(runs), "test_loss_by_seed.png", seeds_figure),
     "likelihoods": (lambda runs, minutes: likelihoods_table(runs) + "\n\n" + published_table(runs), None, None),
@@ -215,7 +244,7 @@ SUMMARIES = {  # study -> (table of its runs and their minutes, figure file and 
     "objectives": (seeded_table, "objectives.png", seeded_figure),
     "budget": (budget_table, "budget.png", budget_figure),
     "burda540": (seeded_table, "burda540.png", seeded_figure),
-    "dreg540": (seeded_table, "dreg540.png", seeded_figure),
+    "dreg540": (dreg_table, "dreg540.png", lambda runs, path: seeded_figure({**baseline()[0], **runs}, path)),
 }
 
 

@@ -142,6 +142,24 @@ def test_the_objectives_summary_gives_each_rows_mean_and_sd_over_seeds_and_which
                           f"{', '.join(dirty)}.")  # fmt: skip
 
 
+def test_the_dreg_summary_stands_beside_the_committed_iwae5_rows_and_the_published_ones(tmp_path):
+    nll = {"iwae5_dreg": [85.5, 85.4, 85.6], "iwae5_dreg_eps": [85.2, 85.3, 85.1]}
+    for run, settings in studies.STUDIES["dreg540"].items():
+        row, seed = run.split("_seed")[0], settings.get("seed", 0)
+        overrides = {k: v for k, v in settings.items() if k != "seed"}
+        constructed_run(tmp_path / run, seed, nll[row][seed] + 7, -nll[row][seed], 17, **overrides)
+    table = summaries.summarize("dreg540", tmp_path)
+    committed = [-files.read_metrics(REPO / "results/studies/burda540" / run)["evaluation"]["iw_bound"]
+                 for run in ("iwae5", "iwae5_seed1", "iwae5_seed2")]  # fmt: skip
+    rows = {line.split(" | ")[0]: line for line in table.splitlines() if "| 0, 1, 2 |" in line}
+    assert f"| 0, 1, 2 | {np.mean(committed):.2f} ± {np.std(committed, ddof=1):.2f} |" in rows["| IWAE, k = 5"]
+    assert "| 0, 1, 2 | 85.50 ± 0.10 |" in rows["| IWAE, k = 5, DReG"]
+    assert "| 0, 1, 2 | 85.20 ± 0.10 |" in rows["| IWAE, k = 5, DReG, Adam's ε 0.0001"]
+    assert "| nbip/IWAE, a TensorFlow 2 reproduction of Burda et al. | 5 | 85.18 | 84.90 |" in table
+    assert "The IWAE k = 5 row is study burda540's. Made by commit" in table
+    assert (tmp_path / "dreg540.png").is_file()
+
+
 def test_the_latent_sizes_summary_orders_by_size_and_draws_its_figure(tmp_path):
     for size, loss in ((20, 100.5), (2, 140.0), (50, 100.9), (5, 110.0), (10, 102.0)):
         constructed_run(tmp_path / f"latent{size}", 0, loss, -loss + 3, min(size, 12), latent_dim=size)
