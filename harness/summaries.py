@@ -52,6 +52,12 @@ def made_by(metrics) -> str:
     return f"commit {commit[:7]}" + (" and local changes" if dirty else "") if commit else "unknown code"
 
 
+def cpu_of(metrics) -> str:
+    """The maker of the CPU a run's record names (Intel, AMD), or `?` for a record that names none."""
+    cpu = metrics["provenance"].get("cpu") or "?"
+    return cpu.split("(")[0].split()[0] if cpu.startswith(("Intel", "AMD")) else "?"
+
+
 def code_line(runs: dict) -> str:
     """Which code made the runs of a table: each commit (and whether the tree was dirty) with its runs."""
     by_code = {}
@@ -172,10 +178,11 @@ def seeded_table(runs: dict, minutes) -> str:
             f"{elbo:.2f}" + (f" ± {elbo_sd:.2f}" if several else ""),
             "/".join(str(m["evaluation"]["active_units"]) for m in records) + f" of {s['latent_dim']}",
             f"{sum(minutes.get(run, 0) for run in names) / 60:.0f}",
+            "/".join(cpu_of(m) for m in records),
             f"{published[0]:.2f} ({published[1]})" if published else "-",
         ])  # fmt: skip
     header = [f"objective (binarised MNIST, {budget})", "seeds", "-log p(x), k = 5000: mean ± sd over seeds",
-              "± se over images", "test -ELBO", "active units", "minutes",
+              "± se over images", "test -ELBO", "active units", "minutes", "CPU of each seed",
               "Burda et al. 2016: -log p(x) (active units)"]  # fmt: skip
     pairs = []
     for a, row_a in enumerate(rows):
@@ -184,7 +191,7 @@ def seeded_table(runs: dict, minutes) -> str:
             pairs.append([row_a[0], row_b[0], f"{diff:.2f}", "" if sd is None else f"{sd:.2f}", verdict])
     pairs_header = ["-log p(x) of", "minus that of", "difference of means", "its sd from seeds", "finding?"]
     return "\n".join([
-        table(header, cells, "lrrrrrrr"), "", table(pairs_header, pairs, "llrrl"),
+        table(header, cells, "lrrrrrrlr"), "", table(pairs_header, pairs, "llrrl"),
         "\nThe sd over seeds is the spread of whole training runs (the seed sets the initial weights, the batches, "
         "the noise and the binarisation); the se over images is the evaluation's own uncertainty, the mean over "
         "the row's runs. With three seeds, twice the sd of a difference is a rough rule, not a test.",
