@@ -1,7 +1,8 @@
 """What made a run, besides its settings and code: the machine, the versions and the git state.
 
 `machine_of` is what a checkpoint records of where its epochs ran (a run resumed elsewhere says so);
-`provenance` is what metrics.json records. Neither changes a number.
+`provenance` is what metrics.json records. Neither changes a number. `made_by`, `cpu_of` and
+`code_line` name them in the studies' tables.
 """
 
 import contextlib
@@ -71,3 +72,23 @@ def provenance(device, results) -> dict:
     if reason:
         facts["git_unknown"] = reason
     return facts
+
+
+def made_by(metrics) -> str:
+    """Which code made a run, as its record says: its commit, "and local changes" where the tree was dirty."""
+    commit, dirty = metrics["provenance"].get("git_commit"), metrics["provenance"].get("git_dirty")
+    return f"commit {commit[:7]}" + (" and local changes" if dirty else "") if commit else "unknown code"
+
+
+def cpu_of(metrics) -> str:
+    """The maker of the CPU a run's record names (Intel, AMD), or `?` for a record that names none."""
+    cpu = metrics["provenance"].get("cpu") or "?"
+    return cpu.split("(")[0].split()[0] if cpu.startswith(("Intel", "AMD")) else "?"
+
+
+def code_line(runs: dict) -> str:
+    """Which code made the runs of a table: each commit (and whether the tree was dirty) with its runs."""
+    by_code = {}
+    for run, metrics in runs.items():
+        by_code.setdefault(made_by(metrics), []).append(run)
+    return "Made by " + "; ".join(f"{code}: {', '.join(names)}" for code, names in by_code.items()) + "."

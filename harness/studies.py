@@ -24,8 +24,9 @@ from harness import PREFIX, STOPS, files, fingerprint, raise_stopped
 from harness.cluster import MACHINE_SETTINGS, StudyFailed, run_on_cluster
 from harness.folders import STUDY_RECORD, resolve
 from harness.plans import STUDIES
+from harness.provenance import made_by
 from harness.settings import SPEC, SettingsError, differences, from_environment
-from harness.summaries import made_by, summarize
+from harness.summaries import summarize
 
 
 def is_complete(folder: Path, overrides: dict) -> bool:

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from harness.figures import (
     BURDA,
+    BURDA_MODEL,
+    PUBLISHED,
+    PUBLISHED_DREG,
     beta_figure,
     budget_figure,
     by_row,
@@ -23,13 +26,7 @@ from harness.figures import (
 from harness.files import UnreadableRun, read_metrics, write_text
 from harness.folders import STUDY_RECORD
 from harness.plans import STUDIES
-
-# Published importance-weighted estimates of -log p(x) on binarised MNIST, one stochastic layer.
-PUBLISHED = [
-    ("Burda et al. 2015, table 1 (VAE, k = 1 training)", 86.76, "784-200-200-50, 3,280 passes over the data, k = 5000"),
-    ("Rezende & Mohamed 2015 (DLGM, diagonal Gaussian posterior)", 89.9, "reported as a bound: -log p(x) <= 89.9"),
-]
-BURDA_MODEL = "784-200-200-50 (tanh), 3,280 passes, Adam with a decaying rate, k = 5000"
+from harness.provenance import code_line, cpu_of
 
 WALL_TIME = (
     "Minutes are wall time on a shared 2-core machine (an Intel Xeon or an AMD EPYC: each record's provenance "
@@ -44,26 +41,6 @@ def load_timings(root: Path) -> dict:
     """Seconds of wall time per run of a study (timings.json), or {}."""
     path = Path(root) / "timings.json"
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def made_by(metrics) -> str:
-    """Which code made a run, as its record says: its commit, "and local changes" where the tree was dirty."""
-    commit, dirty = metrics["provenance"].get("git_commit"), metrics["provenance"].get("git_dirty")
-    return f"commit {commit[:7]}" + (" and local changes" if dirty else "") if commit else "unknown code"
-
-
-def cpu_of(metrics) -> str:
-    """The maker of the CPU a run's record names (Intel, AMD), or `?` for a record that names none."""
-    cpu = metrics["provenance"].get("cpu") or "?"
-    return cpu.split("(")[0].split()[0] if cpu.startswith(("Intel", "AMD")) else "?"
-
-
-def code_line(runs: dict) -> str:
-    """Which code made the runs of a table: each commit (and whether the tree was dirty) with its runs."""
-    by_code = {}
-    for run, metrics in runs.items():
-        by_code.setdefault(made_by(metrics), []).append(run)
-    return "Made by " + "; ".join(f"{code}: {', '.join(names)}" for code, names in by_code.items()) + "."
 
 
 def table(header: list, rows: list, align: str) -> str:
@@ -214,13 +191,6 @@ def budget_table(runs: dict, minutes) -> str:
     return table(header, rows, "rrrrrr") + f"\n\n{WALL_TIME}"
 
 
-# Published -log p(x) of IWAE with and without DReG, one stochastic layer, Burda et al.'s recipe (batches of 20,
-# 3,280 passes, Adam's ε 1e-4): (who, k, IWAE, DReG); nbip/IWAE's README, its `main.py` and `tasks/task02.py`.
-PUBLISHED_DREG = [
-    ("Burda et al. 2016, table 1", 5, 85.54, None),
-    ("nbip/IWAE, a TensorFlow 2 reproduction of Burda et al.", 5, 85.18, 84.90),
-    ("nbip/IWAE, a TensorFlow 2 reproduction of Burda et al.", 50, 84.59, 84.32),
-]
 BASELINE = ("burda540", ("iwae5", "iwae5_seed1", "iwae5_seed2"))  # dreg540's rows stand beside these
 
 

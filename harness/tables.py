@@ -22,8 +22,9 @@ from harness import PREFIX, REPO, STOPS, raise_stopped
 from harness.files import UnreadableRun, read_metrics, write_text
 from harness.folders import RECORD, STUDY_RECORD
 from harness.plans import STUDIES
+from harness.provenance import code_line
 from harness.settings import SETTINGS
-from harness.summaries import SUMMARIES, code_line, load_timings, table
+from harness.summaries import SUMMARIES, load_timings, table
 
 DOCUMENTS = ["README.md", "docs/studies.md", "docs/settings.md", "docs/performance.md"]
 BENCHMARK = REPO / "benchmarks" / "results.json"
