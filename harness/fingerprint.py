@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import time
 import tokenize
 from pathlib import Path
 
@@ -109,9 +110,23 @@ def notebook_in_use() -> Path:
     return Path(named) if named.endswith(".ipynb") and Path(named).is_file() else NOTEBOOK
 
 
+def cells_of(path, seconds=10.0) -> list:
+    """A notebook's cells. Jupyter saves a notebook by writing the file in place (its "atomic" writing keeps a
+    copy to put back on failure), so a kernel that reads it while Run All saves can find it empty or cut
+    short: read it again until it is whole."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return json.loads(Path(path).read_text())["cells"]
+        except json.JSONDecodeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def code_of(notebook=None, root=REPO) -> dict:
     """The run's code: `{"fingerprint": ..., "parts": {part: digest}}`; the files are read under `root`."""
-    cells, section, known = json.loads(Path(notebook or notebook_in_use()).read_text())["cells"], "start", set()
+    cells, section, known = cells_of(notebook or notebook_in_use()), "start", set()
     sections = {}
     for cell in cells:
         source = "".join(cell["source"])

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from types import SimpleNamespace
 
 import nbformat
@@ -71,6 +72,16 @@ def test_in_a_kernel_a_cell_counts_as_it_was_last_run_and_a_cell_the_file_lacks_
     assert fingerprint.changes(saved, fingerprint.code_of()) == ["cells run that the notebook file does not hold"]
     fingerprint.remember(SimpleNamespace(cell_id=None, raw_cell="print(1)"))  # a console: no cell
     assert set(fingerprint.RAN) == {"vae-class", "scratch"}
+
+
+def test_a_notebook_read_while_jupyter_saves_it_in_place_is_read_again_until_whole(tmp_path, monkeypatch):
+    """Jupyter truncates the file, then writes it: a kernel reading it in between finds it empty or cut short."""
+    monkeypatch.setattr(fingerprint, "RAN", {})
+    whole = NOTEBOOK.read_text()
+    being_saved = tmp_path / "Variational_autoencoder.ipynb"
+    being_saved.write_text(whole[: len(whole) // 2])
+    threading.Timer(0.5, being_saved.write_text, args=(whole,)).start()
+    assert fingerprint.code_of(being_saved) == fingerprint.code_of(NOTEBOOK)
 
 
 def test_a_record_made_before_runs_recorded_their_code_is_other_code():
