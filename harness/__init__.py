@@ -29,11 +29,15 @@ STOPS = {  # the signals that stop a run, and how a message names them (no SIGHU
 
 
 class Stopped(KeyboardInterrupt):
-    """A stop signal arrived in this process; `code` is the exit status it asks for (128 + the signal)."""
+    """A run or study stopped (a stop signal, or Jupyter's stop button); `code` is the exit status a command
+    ends with (128 + the signal). The one exception that says "stopped"; in a kernel, its one line is shown."""
 
-    def __init__(self, signum):
-        super().__init__(f"stopped ({STOPS[signum]})")
+    def __init__(self, signum=signal.SIGINT, message=None):
+        super().__init__(message or f"stopped ({STOPS[signum]})")
         self.signum, self.code = signum, 128 + signum
+
+    def _render_traceback_(self):  # IPython shows this instead of a traceback
+        return [str(self)]
 
 
 def raise_stopped(signum, frame):

@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from harness import PREFIX, REPO, STOPS, files, fingerprint
+from harness import PREFIX, REPO, STOPS, Stopped, files, fingerprint
 from harness.settings import SPEC, is_variable, shown
 from vae_utils import atomic_path
 
@@ -32,14 +32,6 @@ MACHINE_SETTINGS = ("data_dir", "device", "deterministic")  # passed through fro
 
 class StudyFailed(Exception):
     """A run of a study failed or was refused; the finished runs are kept."""
-
-
-class StudyStopped(KeyboardInterrupt):
-    """The study was stopped (Ctrl-C, SIGTERM, SIGHUP); `code` is the exit status."""
-
-    def __init__(self, message, code):
-        super().__init__(message)
-        self.code = code
 
 
 def task():
@@ -90,11 +82,9 @@ def run_on_cluster(name, todo, root, machine, echo, scheduler):
             stop.set()  # every running task stops its run (its kernel is shut down), then the cluster goes
             distributed.wait([f for r, f in futures.items() if r not in done], timeout=60)
             client.cancel(list(futures.values()))
-            code = getattr(error, "code", None) or 128 + getattr(error, "signum", signal.SIGINT)
+            signum = getattr(error, "signum", signal.SIGINT)
             finished = f"finished: {', '.join(done)}" if done else "no run had finished"
-            raise StudyStopped(
-                f"stopped ({STOPS.get(code - 128, 'Ctrl-C')}) during study {name}; {finished}", code
-            ) from None
+            raise Stopped(signum, f"stopped ({STOPS[signum]}) during study {name}; {finished}") from None
     if failed:
         raise StudyFailed(
             f"study {name}: {len(failed)} of {len(todo)} runs failed ("

@@ -2,6 +2,7 @@
 numbers the figures and tables stand beside."""
 
 import json
+import statistics
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -35,6 +36,12 @@ PUBLISHED_DREG = [
 ]
 
 
+def spread(values) -> tuple:
+    """Mean and sample standard deviation (0 for one value): every table's and figure's mean ± sd."""
+    values = list(values)
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def objective_label(settings) -> str:
     label = "ELBO" if settings["objective"] == "elbo" else f"IWAE, k = {settings['train_samples']}"
     label += ", DReG" if settings["gradient"] == "dreg" else ""
@@ -59,11 +66,9 @@ def seeded_figure(runs: dict, path: Path):
     rows = by_row(runs)
     fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.7 * len(rows)))
     for y, (_, records) in enumerate(rows):
-        values = np.array([-m["evaluation"]["iw_bound"] for m in records])
-        sd = values.std(ddof=1) if len(values) > 1 else 0.0
-        ax.errorbar(
-            values.mean(), y, xerr=sd, fmt="|", ms=14, color="C0", capsize=4, label="mean ± 1 sd" if not y else None
-        )
+        values = [-m["evaluation"]["iw_bound"] for m in records]
+        mean, sd = spread(values)
+        ax.errorbar(mean, y, xerr=sd, fmt="|", ms=14, color="C0", capsize=4, label="mean ± 1 sd" if not y else None)
         ax.plot(values, [y] * len(values), "o", color="C0", alpha=0.5, label="one seed" if not y else None)
         s = records[0]["settings"]
         published = BURDA.get((s["objective"], s["train_samples"])) if not s["kl_warmup"] else None

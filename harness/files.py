@@ -130,8 +130,10 @@ def safe_load(path, what):
     except Exception as error:  # noqa: BLE001 -- whatever torch.load raised, the file is unusable
         named = re.search(r"GLOBAL ([\w.]+)", str(error))  # torch's advice to load it unsafely is not repeated
         first = re.split(r"(?<=\.) ", (str(error).splitlines() or ["empty or cut short"])[0])[0]  # its first sentence
-        reason = (
-            f"it names the Python object {named[1]} (refused unread)" if named else f"{type(error).__name__}: {first}"
+        reason = (  # torch's own words are cryptic for a file it did not write ("KeyError: 105" for text)
+            f"it names the Python object {named[1]} (refused unread)"
+            if named
+            else f"not a whole file written by torch.save ({type(error).__name__}: {first})"
         )
         raise CheckpointError(f"{what} cannot be used: {reason[:200]}") from None
 

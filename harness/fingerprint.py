@@ -124,17 +124,23 @@ def cells_of(path, seconds=10.0) -> list:
             time.sleep(0.05)
 
 
+def heading(cell) -> str | None:
+    """A markdown cell's section heading (its first line, without the #s), or None."""
+    source = "".join(cell["source"])  # a list of lines in the file, one text in nbformat
+    is_heading = cell["cell_type"] == "markdown" and source[:1] == "#"
+    return source.splitlines()[0].lstrip("# ").strip() if is_heading else None
+
+
 def code_of(notebook=None, root=REPO) -> dict:
     """The run's code: `{"fingerprint": ..., "parts": {part: digest}}`; the files are read under `root`."""
     cells, section, known = cells_of(notebook or notebook_in_use()), "start", set()
     sections = {}
     for cell in cells:
-        source = "".join(cell["source"])
-        if cell["cell_type"] == "markdown" and source.startswith("#"):
-            section = source.splitlines()[0].lstrip("# ").strip()
+        section = heading(cell) or section
         if cell["cell_type"] == "code":
             known.add(cell.get("id"))
-            sections.setdefault(f"the notebook's {section!r}", []).append(RAN.get(cell.get("id"), source))
+            code = RAN.get(cell.get("id"), "".join(cell["source"]))
+            sections.setdefault(f"the notebook's {section!r}", []).append(code)
     extra = [code for cell_id, code in RAN.items() if cell_id not in known]
     if extra:
         sections["cells run that the notebook file does not hold"] = extra

@@ -55,6 +55,11 @@ def resolve(parameters=None, environ=None, claim_folder=True, source="the parame
         if (REPO / s.data_dir).resolve().is_relative_to(RECORD):
             raise SettingsError(f"data_dir={s.data_dir}: MNIST does not go into results/, the record. Choose "
                                 "another folder (the default is data/).")  # fmt: skip
+        raw = REPO / s.data_dir / "MNIST" / "raw"
+        blocking = next((p for p in (raw, *raw.parents) if p.exists()), raw)  # the nearest that exists: a folder?
+        if not blocking.is_dir():
+            raise SettingsError(f"data_dir={s.data_dir}: {blocking} is a file, so MNIST/raw cannot be made there. "
+                                "Choose a folder that holds, or can hold, MNIST/raw.")  # fmt: skip
         if claim_folder:
             files.lock_folder(folder)
             check_folder(s, folder)

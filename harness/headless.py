@@ -2,12 +2,11 @@
 
     python -m harness.headless    # the settings come from the VAE_* environment variables
 
-The settings are checked once (`folders.resolve`) before a kernel starts, and reach the notebook as
-papermill passes parameters (the spec's run keeps its own cell: machine settings go as variables). The
-spec's run re-executes the notebook in place; any other run writes its own folder. The terminal shows each
-section and every printed line as it comes; a failure ends in one line (the error, the cell, where the
-executed notebook is). Ctrl-C, SIGTERM or SIGHUP interrupts the kernel (the model goes back to its last
-complete epoch, which the checkpoint holds) and says what was kept; the exit status is 128 + the signal.
+The settings are checked (`folders.resolve`) before a kernel starts and reach the notebook as papermill's
+injected parameters; the spec's run re-executes the notebook in place (machine settings go as variables).
+The terminal shows each section and printed line as it comes; a failure ends in one line (the error, the
+cell, the executed notebook). A stop (Ctrl-C, SIGTERM, SIGHUP) interrupts the kernel, says what the
+checkpoint keeps, and exits with 128 + the signal.
 """
 
 from harness import stopped_in_one_line
@@ -27,12 +26,11 @@ import nbformat
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
-from harness import NOTEBOOK, PREFIX, REPO, STOPS, Stopped, files, folders, raise_stopped, record, settings
+from harness import NOTEBOOK, PREFIX, REPO, STOPS, Stopped, files, fingerprint, folders, raise_stopped, record, settings
 from vae_utils import atomic_path
 
 FAILED_SPEC_RUN = folders.RUNS / "failed-spec-run.ipynb"
 EXIT_SETTINGS, EXIT_FAILED = 2, 1
-STOPPED = {"KeyboardInterrupt", "RunStopped"}  # what a cell raises when the kernel is interrupted
 
 
 class RunFailed(Exception):  # the notebook did not finish: the one line to show, and `code`, the exit status
@@ -104,9 +102,8 @@ class LiveClient(nbclient.NotebookClient):  # echoes each section and printed li
         return super().output(outs, msg, display_id, cell_index)
 
 
-def section_of(nb, cell_index) -> str:  # the last markdown heading at or before `cell_index`
-    headings = [c.source for c in nb.cells[: cell_index + 1] if c.cell_type == "markdown" and c.source[:1] == "#"]
-    return headings[-1].splitlines()[0].lstrip("# ").strip() if headings else "start"
+def section_of(nb, cell_index) -> str:  # the last heading at or before `cell_index`
+    return ([h for cell in nb.cells[: cell_index + 1] if (h := fingerprint.heading(cell))] or ["start"])[-1]
 
 
 def write_notebook(nb, path: Path):
@@ -128,32 +125,9 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
     echo = echo or to_stdout
     resolved = folders.resolve(parameters, environ={}, claim_folder=False, source=source)
     folder = REPO / resolved.results_dir
-    spec_run = folder == folders.RECORD
-    given = {k: v for k, v in parameters.items() if k not in ("name", "results_dir")}
     kernel_env = {k: v for k, v in (os.environ if environ is None else environ).items() if not settings.is_variable(k)}
     kernel_env["JPY_SESSION_NAME"] = str(NOTEBOOK)  # the notebook the kernel runs, as Jupyter names it
-    if spec_run and (wrong := "; ".join(record.parameters_not_the_spec())):  # an experiment, over the record
-        raise RunFailed(
-            f"the notebook's parameters cell is not the declaration in harness/settings.py ({wrong}): "
-            "make them agree (`python3 tasks.py restore` brings back the committed cell).",
-            EXIT_SETTINGS,
-        )
-    if spec_run:  # the committed notebook keeps its own parameters cell: machine settings go as variables
-        output, failed_output = NOTEBOOK, FAILED_SPEC_RUN
-        echo(f"the spec's run: the notebook in place, results in {resolved.results_dir}/\n")
-        kernel_env.update({f"{PREFIX}{name.upper()}": str(value) for name, value in given.items()})
-        injected = {}
-    else:
-        output, failed_output = folder / NOTEBOOK.name, folder / "failed-run.ipynb"  # a finished run's notebook stays
-        what = "the spec's run" if settings.is_spec_run(resolved) else f"an experiment ({settings.run_name(resolved)})"
-        echo(f"{what}: everything goes to {resolved.results_dir}/\n")
-        injected = {**given, "results_dir": str(folder)}
-    nb = load_notebook_node(str(NOTEBOOK))  # papermill's reader: every cell has its tags
-    for cell in nb.cells:  # a failed run must not show the committed run's outputs below the failure
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    if injected:
-        nb = parameterize_notebook(nb, injected)
+    nb, output, failed_output = prepare(parameters, resolved, kernel_env, echo)
     client = LiveClient(
         nb,
         echo,
@@ -166,30 +140,55 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
     )
     try:
         client.execute(env=kernel_env)
-    except nbclient.exceptions.CellExecutionError as error:
-        if error.ename == "RunRefused" or (error.ename == "SettingsError" and client.section == "Settings"):
-            # refused before any work: the folder (and what it holds) is left as it was
-            raise RunFailed(f"{error.ename}: {error.evalue}", EXIT_SETTINGS, error.ename) from None
-        kept = keep_failed(nb, failed_output)
-        if client.signum is not None or error.ename in STOPPED:
-            signum = client.signum or signal.SIGINT
-            raise RunFailed(f"{stopped(signum)}; {kept_by(folder)}", 128 + signum) from None
-        where = f"code cell [{nb.cells[client.cell_index].execution_count}] ({client.section})"
-        raise RunFailed(f"{error.ename}: {error.evalue}\n  in {where}; {kept}", ename=error.ename) from None
-    except (KeyboardInterrupt, Exception) as error:  # noqa: BLE001 -- the kernel died, or never started
-        signum = client.signum or getattr(
-            error, "signum", signal.SIGINT if isinstance(error, KeyboardInterrupt) else None
-        )
-        if signum is not None:
-            raise RunFailed(f"{stopped(signum)}; {kept_by(folder)}", 128 + signum) from None
-        kept = keep_failed(nb, failed_output)
-        raise RunFailed(
-            f"the kernel died ({type(error).__name__}: {str(error)[:200]}; killed for memory?); {kept_by(folder)} "
-            f"{kept}"
-        ) from None
+    except (KeyboardInterrupt, Exception) as error:  # noqa: BLE001 -- a cell failed, a stop, or the kernel died
+        raise failure(error, client, folder, failed_output) from None
     write_notebook(nb, output)
     failed_output.unlink(missing_ok=True)  # a failure (or stop) this run has got past
     return output
+
+
+def prepare(parameters: dict, resolved, kernel_env: dict, echo) -> tuple:
+    """The notebook to execute, without outputs, and where it goes when it finishes and when it fails. An
+    experiment gets papermill's injected parameters; the spec's run keeps the committed parameters cell (machine
+    settings go to `kernel_env` as variables), which must be the declaration."""
+    folder = REPO / resolved.results_dir
+    given = {k: v for k, v in parameters.items() if k not in ("name", "results_dir")}
+    nb = load_notebook_node(str(NOTEBOOK))  # papermill's reader: every cell has its tags
+    for cell in nb.cells:  # a failed run must not show the committed run's outputs below the failure
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    if folder != folders.RECORD:
+        what = "the spec's run" if settings.is_spec_run(resolved) else f"an experiment ({settings.run_name(resolved)})"
+        echo(f"{what}: everything goes to {resolved.results_dir}/\n")
+        nb = parameterize_notebook(nb, {**given, "results_dir": str(folder)})
+        return nb, folder / NOTEBOOK.name, folder / "failed-run.ipynb"  # a finished run's notebook stays
+    if wrong := "; ".join(record.parameters_not_the_spec()):  # an experiment saved over the record
+        raise RunFailed(f"the notebook's parameters cell is not the declaration in harness/settings.py ({wrong}): "
+                        "make them agree (`python3 tasks.py restore` brings back the committed cell).",
+                        EXIT_SETTINGS)  # fmt: skip
+    echo(f"the spec's run: the notebook in place, results in {resolved.results_dir}/\n")
+    kernel_env.update({f"{PREFIX}{name.upper()}": str(value) for name, value in given.items()})
+    return nb, NOTEBOOK, FAILED_SPEC_RUN
+
+
+def failure(error, client, folder: Path, failed_output: Path) -> RunFailed:
+    """The one line and exit status of a run that did not finish: refused, stopped, failed in a cell, or its
+    kernel died. The executed notebook is kept, except where the settings cell refused (nothing was done)."""
+    in_cell, nb = isinstance(error, nbclient.exceptions.CellExecutionError), client.nb
+    ename = error.ename if in_cell else None
+    if ename == "RunRefused" or (ename == "SettingsError" and client.section == "Settings"):
+        return RunFailed(f"{ename}: {error.evalue}", EXIT_SETTINGS, ename)  # the folder is left as it was
+    signum = client.signum or getattr(error, "signum", None)
+    if signum is None and (ename in ("KeyboardInterrupt", "Stopped") or isinstance(error, KeyboardInterrupt)):
+        signum = signal.SIGINT
+    kept = keep_failed(nb, failed_output) if in_cell or signum is None else ""
+    if signum is not None:
+        return stopped(signum, folder)
+    if in_cell:
+        where = f"code cell [{nb.cells[client.cell_index].execution_count}] ({client.section})"
+        return RunFailed(f"{ename}: {error.evalue}\n  in {where}; {kept}", ename=ename)
+    return RunFailed(f"the kernel died ({type(error).__name__}: {str(error)[:200]}; killed for memory?); "
+                     f"{kept_by(folder)} {kept}")  # fmt: skip
 
 
 def keep_failed(nb, path: Path) -> str:  # a failed run's notebook: where it is, or why it is not (a full disk)
@@ -200,8 +199,8 @@ def keep_failed(nb, path: Path) -> str:  # a failed run's notebook: where it is,
     return f"the executed notebook: {path}"
 
 
-def stopped(signum) -> str:  # the first half of a stop's one line
-    return f"stopped ({STOPS[signum]}): the kernel is shut down"
+def stopped(signum, folder: Path) -> RunFailed:  # a stop's one line, and its exit status
+    return RunFailed(f"stopped ({STOPS[signum]}): the kernel is shut down; {kept_by(folder)}", 128 + signum)
 
 
 def kept_by(folder: Path) -> str:  # what the run's checkpoint keeps, and the command that goes on

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from harness import REPO, files, fingerprint
+from harness import REPO, Stopped, files, fingerprint
 from harness.folders import RECORD, other_code, weights_code
 from harness.provenance import machine_of, provenance
 from harness.settings import SPEC
@@ -38,11 +38,6 @@ class NonFiniteLossError(FloatingPointError):
 class RunRefused(RuntimeError):  # the run cannot go on as the cells stand: why and what to do, one line in Jupyter
     def _render_traceback_(self):
         return [f"RunRefused: {self}"]
-
-
-class RunStopped(KeyboardInterrupt):  # training stopped, the model back at the last complete epoch: one line
-    def _render_traceback_(self):  # IPython shows this instead of a traceback
-        return [str(self)]
 
 
 class TrainingRun:
@@ -211,10 +206,8 @@ def on_stop(shell, etype, value, tb, tb_offset=None):
     stopped = run.back_to_last_epoch() if run is not None else None
     if stopped is not None:
         kept = f"the end of epoch {run.epoch}, as in {run.checkpoint}" if run.epoch else "its initial weights"
-        value = RunStopped(
-            f"Stopped during epoch {stopped}: the model is back at {kept}. Run this cell again to go on."
-        )
-        etype, tb = RunStopped, None
+        said = f"Stopped during epoch {stopped}: the model is back at {kept}. Run this cell again to go on."
+        value, etype, tb = Stopped(message=said), Stopped, None
     shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
 
 

@@ -6,7 +6,6 @@ use the same tables (tables.py).
 """
 
 import json
-import statistics
 from pathlib import Path
 
 from harness.figures import (
@@ -22,6 +21,7 @@ from harness.figures import (
     scheduled,
     seeded_figure,
     seeds_figure,
+    spread,
 )
 from harness.files import UnreadableRun, read_metrics, write_text
 from harness.folders import STUDY_RECORD
@@ -113,11 +113,6 @@ def beta_table(runs: dict) -> str:
     return table(header, rows, "rrrrrr")
 
 
-def spread(values) -> tuple:
-    """Mean and sample standard deviation (0 for one value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def nll(m) -> float:
     return -m["evaluation"]["iw_bound"]
 
@@ -151,7 +146,7 @@ def seeded_table(runs: dict, minutes) -> str:
         cells.append([
             objective_label(s), ", ".join(str(m["settings"]["seed"]) for m in records),
             f"{mean:.2f}" + (f" ± {sd:.2f}" if several else ""),
-            f"{statistics.fmean(m['evaluation']['iw_bound_se'] for m in records):.2f}",
+            f"{spread(m['evaluation']['iw_bound_se'] for m in records)[0]:.2f}",
             f"{elbo:.2f}" + (f" ± {elbo_sd:.2f}" if several else ""),
             "/".join(str(m["evaluation"]["active_units"]) for m in records) + f" of {s['latent_dim']}",
             f"{sum(minutes.get(run, 0) for run in names) / 60:.0f}",

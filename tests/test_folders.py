@@ -143,6 +143,14 @@ def test_mnist_may_not_go_into_the_record():
         load(VAE_DATA_DIR="results/data")
 
 
+@pytest.mark.parametrize("where", ["a_file", "a_file/below"])
+def test_a_data_dir_where_a_file_stands_in_the_way_is_refused_before_any_work(tmp_path, where):
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(settings.SettingsError, match=r"a_file is a file, so MNIST/raw cannot be made there"):
+        load(VAE_DATA_DIR=str(tmp_path / where))
+    assert load(VAE_DATA_DIR=str(tmp_path / "new" / "folder")).data_dir == str(tmp_path / "new" / "folder")
+
+
 # ---- what a hostile pass found ------------------------------------------------------------------
 def test_a_folder_of_another_codes_run_is_refused_in_the_settings_cell_before_anything_is_written(folder):
     results = Path(folder["VAE_RESULTS_DIR"])

@@ -164,7 +164,7 @@ def test_the_stop_button_during_training_then_the_cell_again_gives_the_uninterru
         assert "ename" not in kernel.run(cell)
     checkpoint = tmp_path / "run" / "checkpoint.pt"
     stopped = kernel.interrupt_during("train-loop", lambda: checkpoint.exists())  # during epoch 2
-    assert stopped.get("ename") == "RunStopped" and stopped["traceback"] == [stopped["evalue"]]
+    assert stopped.get("ename") == "Stopped" and stopped["traceback"] == [stopped["evalue"]]
     assert stopped["evalue"].startswith("Stopped during epoch 2: the model is back at the end of epoch 1")
     again = kernel.run("train-loop")
     assert "epoch  2" in again["text"] and "epoch  1" not in again["text"]

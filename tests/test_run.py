@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import EVALUATION, checkpoint_state, load
-from harness import files, folders, provenance, settings
+from harness import Stopped, files, folders, provenance, settings
 from harness import run as training
 
 
@@ -87,7 +87,7 @@ def test_in_a_kernel_a_stop_mid_epoch_goes_back_at_once_and_says_so_in_one_line(
     before = run.model.weight.detach().clone()
     training.on_stop(shell, KeyboardInterrupt, stop.value, None)
     etype, value, _ = shown[-1]
-    assert etype is training.RunStopped and value._render_traceback_() == [str(value)]
+    assert etype is Stopped and value._render_traceback_() == [str(value)]
     assert str(value).startswith("Stopped during epoch 2: the model is back at the end of epoch 1, as in")
     assert run.in_epoch is None and not torch.equal(run.model.weight, before)  # put back at once
     training.on_stop(shell, KeyboardInterrupt, stop.value, None)  # a stop outside an epoch: shown as it is
