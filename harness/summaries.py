@@ -160,6 +160,7 @@ def seeded_table(runs: dict, minutes) -> str:
     for a, row_a in enumerate(rows):
         for row_b in rows[a + 1 :]:
             diff, sd, verdict = difference(row_a, row_b)
+            diff = round(diff, 2) + 0.0  # a difference that rounds to zero is 0.00, not -0.00
             pairs.append([row_a[0], row_b[0], f"{diff:.2f}", "" if sd is None else f"{sd:.2f}", verdict])
     pairs_header = ["-log p(x) of", "minus that of", "difference of means", "its sd from seeds", "finding?"]
     return "\n".join([
