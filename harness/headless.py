@@ -127,7 +127,7 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
     folder = REPO / resolved.results_dir
     kernel_env = {k: v for k, v in (os.environ if environ is None else environ).items() if not settings.is_variable(k)}
     kernel_env["JPY_SESSION_NAME"] = str(NOTEBOOK)  # the notebook the kernel runs, as Jupyter names it
-    nb, output, failed_output = prepare(parameters, resolved, kernel_env, echo)
+    nb, output, failed_output = prepare(parameters, resolved, folder, kernel_env, echo)
     client = LiveClient(
         nb,
         echo,
@@ -147,11 +147,10 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
     return output
 
 
-def prepare(parameters: dict, resolved, kernel_env: dict, echo) -> tuple:
+def prepare(parameters: dict, resolved, folder: Path, kernel_env: dict, echo) -> tuple:
     """The notebook to execute, without outputs, and where it goes when it finishes and when it fails. An
     experiment gets papermill's injected parameters; the spec's run keeps the committed parameters cell (machine
     settings go to `kernel_env` as variables), which must be the declaration."""
-    folder = REPO / resolved.results_dir
     given = {k: v for k, v in parameters.items() if k not in ("name", "results_dir")}
     nb = load_notebook_node(str(NOTEBOOK))  # papermill's reader: every cell has its tags
     for cell in nb.cells:  # a failed run must not show the committed run's outputs below the failure
