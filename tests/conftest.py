@@ -1,6 +1,7 @@
 """Shared fixtures. Tests never write into the repo: every run goes to a temporary folder."""
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -92,12 +93,19 @@ def tasks(*args, env, cwd=REPO, timeout=900):
     )
 
 
+@functools.cache
+def records_cpu():
+    """The CPU that made results/ (read once for the session), or None where there is no readable record."""
+    with contextlib.suppress(files.UnreadableRun):
+        return files.read_metrics(folders.RECORD)["provenance"].get("cpu")
+    return None
+
+
 @pytest.fixture(autouse=True)
 def on_the_records_cpu(monkeypatch):
     """In this process the spec's run resolves to results/ on any CPU, as on the machine that made the
     record; test_machinery's test of the spec run on another CPU names the CPU it pretends to be on."""
-    with contextlib.suppress(files.UnreadableRun):
-        cpu = files.read_metrics(folders.RECORD)["provenance"].get("cpu")
+    if (cpu := records_cpu()) is not None:
         monkeypatch.setattr(folders, "cpu_name", lambda: cpu)
 
 

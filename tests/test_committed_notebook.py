@@ -84,7 +84,7 @@ def test_the_committed_weights_give_the_committed_evaluation(tmp_path, mnist_roo
         "budget/epochs540_burda",
         "burda540/elbo_warmup",
         "burda540/iwae5",
-        "dreg540/iwae5_dreg_seed2",
+        "dreg540/iwae5_dreg_eps_seed2",
     ],
 )
 def test_the_committed_weights_of_each_studys_best_run_give_its_committed_test_loss(tmp_path, mnist_root, best):
