@@ -8,33 +8,14 @@ use the same tables (tables.py).
 import json
 from pathlib import Path
 
-from harness.figures import (
-    BURDA,
-    BURDA_MODEL,
-    PUBLISHED,
-    PUBLISHED_DREG,
-    beta_figure,
-    budget_figure,
-    by_row,
-    latent_sizes_figure,
-    objective_label,
-    scheduled,
-    seeded_figure,
-    seeds_figure,
-    spread,
-)
+from harness.figures import BURDA, BURDA_MODEL, PUBLISHED_DREG, by_row, objective_label, seeded_figure, spread
 from harness.files import UnreadableRun, read_metrics, write_text
 from harness.folders import STUDY_RECORD
 from harness.plans import STUDIES
 from harness.provenance import code_line, cpu_of
+from harness.settings import SPEC
 
-WALL_TIME = (
-    "Minutes are wall time on a shared 2-core machine (an Intel Xeon or an AMD EPYC: each record's provenance "
-    "names the CPU; the same run took from about as long to twice as long on the AMD one, as the shared machine "
-    "allowed), the k = 5000 evaluation (about 9 minutes on the Intel machine when idle, 10 to 17 on the AMD) "
-    "included, and every part of a run that was stopped and went on; where "
-    "tests ran beside a study they are longer."
-)
+WALL_TIME = "Minutes are wall time, the evaluation included: docs/studies.md says on which machines."
 
 
 def load_timings(root: Path) -> dict:
@@ -53,64 +34,25 @@ def table(header: list, rows: list, align: str) -> str:
     return "\n".join([line(header), rule, *map(line, rows)])
 
 
-def seeds_table(runs: dict) -> str:
-    first = next(iter(runs.values()))
-    k, latent = first["evaluation"]["iw_samples"], first["settings"]["latent_dim"]
-    rows = [
-        ("test loss (negative ELBO)", [m["test_loss"] for m in runs.values()], ".2f"),
-        (f"importance-weighted bound, k = {k}", [m["evaluation"]["iw_bound"] for m in runs.values()], ".2f"),
-        (f"active units (of {latent})", [m["evaluation"]["active_units"] for m in runs.values()], ".1f"),
-    ]
-    seeds = ", ".join(str(m["settings"]["seed"]) for m in runs.values())
-    cells = [[label, *(f"{v:{fmt}}" for v in spread(values))] for label, values, fmt in rows]
-    return table([f"over {len(runs)} seeds ({seeds})", "mean", "sd"], cells, "lrr")
-
-
-def likelihoods_table(runs: dict) -> str:
+def runs_table(runs: dict, minutes) -> str:
+    """One row per run: what it changes from the spec, its test -ELBO and its terms, its bound on -log p(x),
+    active units, minutes and CPU; runs alike but for the seed end with their mean ± sd."""
     rows = []
-    for m in runs.values():
-        e = m["evaluation"]
-        rows.append([f"`{m['settings']['likelihood']}`", f"{m['test_loss']:.2f}",
-                     f"{e['elbo']:.2f} ± {e['elbo_se']:.2f}", f"{e['iw_bound']:.2f} ± {e['iw_bound_se']:.2f}",
-                     e["iw_samples"], e["active_units"]])  # fmt: skip
-    header = ["likelihood", "test loss", "ELBO (k = 1)", "importance-weighted bound", "k", "active units"]
-    return table(header, rows, "lrrrrr")
-
-
-def published_table(runs: dict) -> str:
-    rows = []
-    for m in runs.values():
-        if m["settings"]["likelihood"] == "binarized":
-            e, s = m["evaluation"], m["settings"]
-            rows.append([f"this repo (784-512-256-{s['latent_dim']}, {s['epochs']} epochs)",
-                         f"{-e['iw_bound']:.2f} ± {e['iw_bound_se']:.2f}",
-                         f"k = {e['iw_samples']}, {s['test_size']:,} test images, seed {s['seed']}"])  # fmt: skip
-    rows += [[who, f"{value:.2f}", notes] for who, value, notes in PUBLISHED]
-    return table(["model", "-log p(x), nats (binarised MNIST test set)", "notes"], rows, "lrl")
-
-
-def latent_sizes_table(runs: dict) -> str:
-    rows = []
-    for m in sorted(runs.values(), key=lambda m: m["settings"]["latent_dim"]):
-        e, kl = m["evaluation"], sorted(m["evaluation"]["kl_per_dimension"], reverse=True)
-        shown = " ".join(f"{v:.2f}" for v in kl[:12]) + (f" … ({len(kl) - 12} more)" if len(kl) > 12 else "")
-        rows.append([m["settings"]["latent_dim"], f"{m['test_loss']:.2f}", f"{e['iw_bound']:.2f} ({e['iw_samples']})",
-                     e["active_units"], shown])  # fmt: skip
-    header = ["latent size", "test loss", "importance-weighted bound (k)", "active units",
-              "KL per dimension, largest first (nats)"]  # fmt: skip
-    return table(header, rows, "rrrrl")
-
-
-def beta_table(runs: dict) -> str:
-    rows = []
-    for m in sorted(runs.values(), key=lambda m: m["settings"]["beta"]):
+    for run, m in runs.items():
         e, s = m["evaluation"], m["settings"]
-        rows.append([f"{s['beta']:g}", f"{e['test_recon']:.2f}", f"{e['test_kl']:.2f}", f"{m['test_loss']:.2f}",
-                     f"{e['iw_bound']:.2f} ({e['iw_samples']})",
-                     f"{e['active_units']} of {s['latent_dim']}"])  # fmt: skip
-    header = ["beta", "distortion: test reconstruction", "rate: test KL", "test loss (beta = 1)",
-              "importance-weighted bound (k)", "active units"]  # fmt: skip
-    return table(header, rows, "rrrrrr")
+        changed = ", ".join(f"{n} = {s[n]}" for n in SPEC if s[n] != SPEC[n]) or "none (the spec)"
+        rows.append([run, changed, f"{m['test_loss']:.2f}", f"{e['test_recon']:.2f} / {e['test_kl']:.2f}",
+                     f"{nll(m):.2f} ± {e['iw_bound_se']:.2f}", e["iw_samples"], f"{e['active_units']} of "
+                     f"{s['latent_dim']}", f"{minutes.get(run, 0) / 60:.0f}", cpu_of(m)])  # fmt: skip
+    if len(runs) > 1 and len(by_row(runs)) == 1:
+        loss, loss_sd = spread(m["test_loss"] for m in runs.values())
+        bound, bound_sd = spread(map(nll, runs.values()))
+        units = spread(m["evaluation"]["active_units"] for m in runs.values())[0]
+        rows.append([f"mean ± sd over {len(runs)} seeds", "", f"{loss:.2f} ± {loss_sd:.2f}", "",
+                     f"{bound:.2f} ± {bound_sd:.2f}", "", f"{units:.1f}", "", ""])  # fmt: skip
+    header = ["run", "settings changed from the spec", "test -ELBO", "reconstruction / KL",
+              "-log p(x) <= (importance-weighted bound) ± se", "k", "active units", "minutes", "CPU"]  # fmt: skip
+    return table(header, rows, "llrrrrrrl") + f"\n\n{WALL_TIME}"
 
 
 def nll(m) -> float:
@@ -173,20 +115,6 @@ def seeded_table(runs: dict, minutes) -> str:
     ])  # fmt: skip
 
 
-def budget_table(runs: dict, minutes) -> str:
-    rows = []
-    for run, m in sorted(runs.items(), key=lambda kv: (scheduled(kv[1]), kv[1]["settings"]["epochs"])):
-        e = m["evaluation"]
-        rows.append([f"{m['settings']['epochs']}" + (", Burda et al.'s rate schedule" if scheduled(m) else ""),
-                     f"{-e['iw_bound']:.2f} ± {e['iw_bound_se']:.2f}", f"{m['test_loss']:.2f}",
-                     f"{m['epochs'][-1]['train_loss']:.2f}", e["active_units"],
-                     f"{minutes.get(run, 0) / 60:.0f}"])  # fmt: skip
-    rows.append(["Burda et al. 2016, VAE: 3,280", f"{BURDA[('elbo', 1)][0]:.2f}", "", "", BURDA[("elbo", 1)][1], ""])
-    header = ["passes over the data", "-log p(x), k = 5000", "test -ELBO", "train -ELBO (last epoch)", "active units",
-              "minutes"]  # fmt: skip
-    return table(header, rows, "rrrrrr") + f"\n\n{WALL_TIME}"
-
-
 BASELINE = ("burda540", ("iwae5", "iwae5_seed1", "iwae5_seed2"))  # dreg540's rows stand beside these
 
 
@@ -209,16 +137,16 @@ def dreg_table(runs: dict, minutes) -> str:
     ])  # fmt: skip
 
 
-SUMMARIES = {  # study -> (table of its runs and their minutes, figure file and function)
-    "seeds": (lambda runs, minutes: seeds_table(runs), "test_loss_by_seed.png", seeds_figure),
-    "likelihoods": (lambda runs, minutes: likelihoods_table(runs) + "\n\n" + published_table(runs), None, None),
-    "latent_sizes": (lambda runs, minutes: latent_sizes_table(runs), "latent_size.png", latent_sizes_figure),
-    "beta": (lambda runs, minutes: beta_table(runs), "rate_distortion.png", beta_figure),
+SUMMARIES = {  # study -> (table of its runs and their minutes, figure file and function); runs_table by default
     "objectives": (seeded_table, "objectives.png", seeded_figure),
-    "budget": (budget_table, "budget.png", budget_figure),
     "burda540": (seeded_table, "burda540.png", seeded_figure),
     "dreg540": (dreg_table, "dreg540.png", lambda runs, path: seeded_figure({**baseline()[0], **runs}, path)),
 }
+
+
+def study_table(name, runs: dict, minutes: dict) -> str:
+    """Study `name`'s table of these runs, and which code made them."""
+    return SUMMARIES.get(name, (runs_table,))[0](runs, minutes) + "\n\n" + code_line(runs)
 
 
 def summarize(name, root=None) -> str:
@@ -236,9 +164,9 @@ def summarize(name, root=None) -> str:
         )
     runs = {p.parent.name: read_metrics(p.parent) for p in sorted(root.glob("*/metrics.json"))}
     runs = dict(sorted(runs.items(), key=lambda kv: planned.index(kv[0]) if kv[0] in planned else len(planned)))
-    table_of, figure, draw = SUMMARIES.get(name, SUMMARIES["seeds"])
-    table = table_of(runs, load_timings(root)) + "\n\n" + code_line(runs)
+    table = study_table(name, runs, load_timings(root))
     write_text(root / "summary.md", f"# Study `{name}`\n\n{table}\n")
+    _, figure, draw = SUMMARIES.get(name, (None, None, None))
     if figure:
         draw(runs, root / figure)
     return table

@@ -22,9 +22,8 @@ from harness import PREFIX, REPO, STOPS, raise_stopped
 from harness.files import UnreadableRun, read_metrics, write_text
 from harness.folders import RECORD, STUDY_RECORD
 from harness.plans import STUDIES
-from harness.provenance import code_line
 from harness.settings import SETTINGS
-from harness.summaries import SUMMARIES, load_timings, table
+from harness.summaries import load_timings, study_table, table
 
 DOCUMENTS = ["README.md", "docs/studies.md", "docs/settings.md", "docs/performance.md"]
 BENCHMARK = REPO / "benchmarks" / "results.json"
@@ -103,10 +102,10 @@ def readme_tables() -> dict:
     if BENCHMARK.exists():
         tables["bench"] = benchmark_table(json.loads(BENCHMARK.read_text()))
         tables["costs"] = costs_table(json.loads(BENCHMARK.read_text()))
-    for name, (table_of, _, _) in SUMMARIES.items():
+    for name in STUDIES:
         folder = STUDY_RECORD / name
         runs = {run: read_metrics(folder / run) for run in STUDIES[name] if (folder / run / "metrics.json").exists()}
-        tables[name] = table_of(runs, load_timings(folder)) + "\n\n" + code_line(runs) if runs else "(not run yet)"
+        tables[name] = study_table(name, runs, load_timings(folder)) if runs else "(not run yet)"
         if len(runs) < len(STUDIES[name]):
             tables[name] += (
                 f"\n\n{len(runs)} of {len(STUDIES[name])} runs done: `python3 tasks.py study {name}` goes on."

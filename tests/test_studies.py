@@ -103,7 +103,7 @@ def constructed_run(folder, seed, test_loss, iw_bound, active, latent_dim=20, **
     files.write_json(folder / "metrics.json", metrics)
 
 
-def test_the_seeds_summary_gives_the_mean_and_sample_standard_deviation(tmp_path):
+def test_the_seeds_summary_gives_every_run_then_the_mean_and_sample_standard_deviation(tmp_path):
     losses, bounds, active = (
         [100.0, 102.0, 104.0, 101.0, 103.0],
         [-96.0, -97.0, -99.0, -97.0, -96.0],
@@ -112,10 +112,11 @@ def test_the_seeds_summary_gives_the_mean_and_sample_standard_deviation(tmp_path
     for seed in range(5):
         constructed_run(tmp_path / f"seed{seed}", seed, losses[seed], bounds[seed], active[seed])
     table = summaries.summarize("seeds", tmp_path)
-    assert f"| test loss (negative ELBO) | 102.00 | {statistics.stdev(losses):.2f} |" in table  # 1.58: n - 1
-    assert f"| importance-weighted bound, k = 50 | -97.00 | {statistics.stdev(bounds):.2f} |" in table
-    assert "| active units (of 20) | 12.0 | 0.7 |" in table
-    assert (tmp_path / "test_loss_by_seed.png").is_file() and (tmp_path / "summary.md").read_text().count("|") > 10
+    assert "| seed0 | none (the spec) | 100.00 |" in table and "| seed3 | seed = 3 | 101.00 |" in table
+    assert "| 97.00 ± 0.25 | 50 | 12 of 20 |" in table  # seed 1's -log p(x) bound, its se and k
+    sd_loss, sd_bound = statistics.stdev(losses), statistics.stdev(bounds)  # the sample sd (n - 1): 1.58, 1.22
+    assert f"| mean ± sd over 5 seeds | | 102.00 ± {sd_loss:.2f} | | 97.00 ± {sd_bound:.2f} | | 12.0 |" in table
+    assert (tmp_path / "summary.md").read_text().count("|") > 10 and not list(tmp_path.glob("*.png"))
 
 
 def test_the_objectives_summary_gives_each_rows_mean_and_sd_over_seeds_and_which_differences_exceed_them(
@@ -160,13 +161,15 @@ def test_the_dreg_summary_stands_beside_the_committed_iwae5_rows_and_the_publish
     assert (tmp_path / "dreg540.png").is_file()
 
 
-def test_the_latent_sizes_summary_orders_by_size_and_draws_its_figure(tmp_path):
+def test_a_study_without_seeds_in_its_rows_gives_each_run_in_the_plans_order_naming_what_it_changes(tmp_path):
     for size, loss in ((20, 100.5), (2, 140.0), (50, 100.9), (5, 110.0), (10, 102.0)):
         constructed_run(tmp_path / f"latent{size}", 0, loss, -loss + 3, min(size, 12), latent_dim=size)
-    rows = [line for line in summaries.summarize("latent_sizes", tmp_path).splitlines() if line[2:3].isdigit()]
-    assert [row.split("|")[1].strip() for row in rows] == ["2", "5", "10", "20", "50"]
-    assert "… (8 more)" in rows[-2] and "… (38 more)" in rows[-1]
-    assert (tmp_path / "latent_size.png").is_file()
+    rows = [line.split(" | ") for line in summaries.summarize("latent_sizes", tmp_path).splitlines()[2:7]]
+    assert [row[0] for row in rows] == ["| latent2", "| latent5", "| latent10", "| latent20", "| latent50"]
+    assert [row[1] for row in rows] == ["latent_dim = 2", "latent_dim = 5", "latent_dim = 10", "none (the spec)",
+                                        "latent_dim = 50"]  # fmt: skip
+    assert rows[0][2:7] == ["140.00", "1.00 / 0.50", "137.00 ± 0.25", "50", "2 of 2"]
+    assert "mean ± sd" not in "".join(map(str, rows))
 
 
 def test_readme_and_docs_tables_are_what_the_code_makes_of_the_committed_files():
