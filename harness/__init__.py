@@ -7,7 +7,7 @@ data, docs/data.md); `files` (safe writes, the record's schema, checkpoints, the
 `fingerprint` (the code a run's numbers depend on) and `provenance` (the machine and git state);
 `folders` (where a run writes; the settings cell's `resolve`); `run` (a run's state and record in the
 notebook); `record` (is the notebook the record?) and `headless` (the notebook run without Jupyter);
-`figures`, `summaries` and `tables` (each study's table and figure, README's and docs' generated
+`summaries` and `tables` (each study's table and figure, README's and docs' generated
 blocks); `cluster` (a study's runs as Dask tasks) and `studies` (the command).
 
 This file imports nothing heavy: `tasks.py` reads it before the virtual environment exists.

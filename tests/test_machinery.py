@@ -15,7 +15,7 @@ from harness import files, fingerprint, folders, settings
 
 # The layers, from the bottom: each module imports only modules before it (harness/__init__.py says the same).
 LAYERS = ["settings", "plans", "mnist", "files", "fingerprint", "provenance", "folders", "run", "record", "headless",
-          "figures", "summaries", "tables", "cluster", "studies"]  # fmt: skip
+          "summaries", "tables", "cluster", "studies"]  # fmt: skip
 
 
 def imported_modules(path) -> set:
