@@ -174,3 +174,10 @@ def wait_until(condition, seconds=180):
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.2)
+
+
+def one_line(err: str) -> str:
+    """The one line a stopped or failed command said on stderr; a failure shows everything it said."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, repr(err)
+    return lines[0]

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import REPO, run_notebook, tasks, wait_until
+from conftest import REPO, one_line, run_notebook, tasks, wait_until
 from harness import headless, settings
 from harness.run import epoch_line
 
@@ -244,9 +244,7 @@ def test_every_way_to_stop_a_run_ends_all_of_it_keeps_the_checkpoint_and_says_so
         os.kill(run.pid, signum)
     out, err = run.communicate(timeout=60)
     assert run.returncode == code and "Traceback" not in out + err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, repr(err)  # a failure shows what else was said
-    (last,) = lines
+    last = one_line(err)
     epoch = torch.load(results / "checkpoint.pt", weights_only=True)["epoch"]
     assert last == (
         f"stopped ({name}): the kernel is shut down; {results / 'checkpoint.pt'} keeps epoch {epoch}: "
@@ -364,9 +362,7 @@ def test_a_kernel_that_dies_names_what_its_checkpoint_keeps_and_the_command_that
     kernel.kill()  # as the kernel killed for memory would be
     out, err = run.communicate(timeout=60)
     assert run.returncode == 1 and "Traceback" not in out + err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, repr(err)  # a failure shows what else was said
-    (last,) = lines
+    last = one_line(err)
     assert last.startswith("error: the kernel died (DeadKernelError") and "killed for memory?" in last
     assert f"{results / 'checkpoint.pt'} keeps epoch" in last and "with VAE_RESUME=1 to go on" in last
 
