@@ -27,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import REPO, STOPS  # the package's __init__ needs nothing but Python
+from harness import REPO, STOPS, stopped_in_one_line  # the package's __init__ needs nothing but Python
 
 VENV = Path(os.environ.get("VENV_DIR", REPO / ".venv"))
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
@@ -130,14 +130,8 @@ TASKS = {  # task -> what it does with its arguments; those in NO_ARGUMENTS take
 NO_ARGUMENTS = {"lint", "run", "format", "restore", "setup"}
 
 
-def stopped(signum, frame):
-    print(f"stopped ({signal.Signals(signum).name}) while setting up: nothing was run.", file=sys.stderr)
-    sys.exit(128 + signum)
-
-
 if __name__ == "__main__":
-    for signum in STOPS:
-        signal.signal(signum, stopped)
+    stopped_in_one_line("while setting up: nothing was run")
     if len(sys.argv) < 2 or sys.argv[1] not in TASKS:
         usage = f"usage: python3 tasks.py {{{','.join(TASKS)}}} [args]"
         sys.exit(f"error: no task {sys.argv[1]!r}. {usage}" if len(sys.argv) > 1 else __doc__.strip() + "\n\n" + usage)
