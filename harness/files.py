@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import filelock
@@ -216,7 +217,8 @@ def lock_folder(folder: Path, alone=True) -> None:
         owner = folder / ".lock.owner"
         holder = owner.read_text().strip() if owner.exists() else "another process"
         raise FolderInUse(f"{folder} is in use by {holder}: one run at a time writes a folder.") from None
-    write_text(folder / ".lock.owner", f"process {os.getpid()} ({describe_process(os.getpid())})\n")
+    command = " ".join(sys.orig_argv)[:120]  # what this process was started as
+    write_text(folder / ".lock.owner", f"process {os.getpid()} ({command})\n")
     HELD[folder] = lock
 
 
@@ -232,11 +234,3 @@ def release_folders() -> None:
     for lock in HELD.values():
         lock.release(force=True)
     HELD.clear()
-
-
-def describe_process(pid) -> str:
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return "a Python process"
-    return command.strip()[:120] or "a Python process"
