@@ -70,13 +70,8 @@ def seeded_figure(runs: dict, path: Path):
         s = records[0]["settings"]
         published = BURDA.get((s["objective"], s["train_samples"])) if not s["kl_warmup"] else None
         if published:
-            ax.plot(
-                published[0],
-                y,
-                "x",
-                color="grey",
-                label="Burda et al. 2016 (their model, 3,280 passes)" if y == 0 else None,
-            )
+            label = "Burda et al. 2016 (their model, 3,280 passes)" if y == 0 else None
+            ax.plot(published[0], y, "x", color="grey", label=label)
     ax.set_yticks(range(len(rows)), [objective_label(records[0]["settings"]) for _, records in rows])
     ax.invert_yaxis()
     ax.set(xlabel="test -log p(x), k = 5000 (nats per image)", title="each seed, and the spread over seeds")
@@ -207,16 +202,19 @@ def dreg_table(runs: dict, minutes) -> str:
     ])  # fmt: skip
 
 
-SUMMARIES = {  # study -> (table of its runs and their minutes, figure file and function); runs_table by default
+SUMMARIES = {  # study -> (table of its runs and their minutes, figure file and function); else OTHERS
     "objectives": (seeded_table, "objectives.png", seeded_figure),
     "burda540": (seeded_table, "burda540.png", seeded_figure),
     "dreg540": (dreg_table, "dreg540.png", lambda runs, path: seeded_figure({**baseline()[0], **runs}, path)),
 }
 
 
+OTHERS = (runs_table, None, None)  # a table of every run, and no figure
+
+
 def study_table(name, runs: dict, minutes: dict) -> str:
     """Study `name`'s table of these runs, and which code made them."""
-    return SUMMARIES.get(name, (runs_table,))[0](runs, minutes) + "\n\n" + code_line(runs)
+    return SUMMARIES.get(name, OTHERS)[0](runs, minutes) + "\n\n" + code_line(runs)
 
 
 def summarize(name, root=None) -> str:
@@ -236,7 +234,7 @@ def summarize(name, root=None) -> str:
     runs = dict(sorted(runs.items(), key=lambda kv: planned.index(kv[0]) if kv[0] in planned else len(planned)))
     table = study_table(name, runs, load_timings(root))
     write_text(root / "summary.md", f"# Study `{name}`\n\n{table}\n")
-    _, figure, draw = SUMMARIES.get(name, (None, None, None))
+    _, figure, draw = SUMMARIES.get(name, OTHERS)
     if figure:
         draw(runs, root / figure)
     return table
