@@ -23,6 +23,7 @@ from harness import NOTEBOOK, REPO, mnist
 from harness.settings import SETTINGS
 
 FILES = ("vae_utils.py",)
+LOADER = "harness/mnist.py: load_mnist"
 RAN = {}  # cell id -> the code this kernel last ran for it, in the order first run
 
 
@@ -131,9 +132,13 @@ def heading(cell) -> str | None:
     return source.splitlines()[0].lstrip("# ").strip() if is_heading else None
 
 
-def code_of(notebook=None, root=REPO) -> dict:
-    """The run's code: `{"fingerprint": ..., "parts": {part: digest}}`; the files are read under `root`."""
-    cells, section, known = cells_of(notebook or notebook_in_use()), "start", set()
+def code_of(notebook=None, root=REPO, cells=None, files=None) -> dict:
+    """The run's code: `{"fingerprint": ..., "parts": {part: digest}}`; the files are read under `root`.
+
+    A run started earlier passes the notebook's `cells` as it read them then, and its code then as `files`:
+    a cell run since counts as it ran, a file as the kernel imported it (an edit on disk changes neither).
+    """
+    cells, section, known = cells or cells_of(notebook or notebook_in_use()), "start", set()
     sections = {}
     for cell in cells:
         section = heading(cell) or section
@@ -148,8 +153,11 @@ def code_of(notebook=None, root=REPO) -> dict:
         part: digest("\0".join(digest(code) for code in codes if not is_parameters(code)))
         for part, codes in sections.items()
     }
-    parts.update({name: digest((Path(root) / name).read_text()) for name in FILES})
-    parts["harness/mnist.py: load_mnist"] = digest(inspect.getsource(mnist.load_mnist))
+    if files:
+        parts.update({name: files["parts"][name] for name in (*FILES, LOADER)})
+    else:
+        parts.update({name: digest((Path(root) / name).read_text()) for name in FILES})
+        parts[LOADER] = digest(inspect.getsource(mnist.load_mnist))
     fingerprint = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
     return {"fingerprint": fingerprint, "parts": parts}
 

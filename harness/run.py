@@ -49,7 +49,8 @@ class TrainingRun:
         self.checkpoint = self.folder / "checkpoint.pt"
         self.history, self.resumed, self.epoch, self.in_epoch, self.show_history = [], [], 0, None, False
         self.trains = not settings.weights
-        self.code = fingerprint.code_of()  # once: the record names the code that ran, even if a file changes later
+        self.cells = fingerprint.cells_of(fingerprint.notebook_in_use())  # as the run starts: later saves count not
+        self.code = fingerprint.code_of(cells=self.cells)  # then `code_now` for each write: the cells as they ran
         self.machine = machine_of(model)  # once: it reads /proc/cpuinfo, and each checkpoint records it
         self.snapshot = self.state()
 
@@ -108,6 +109,11 @@ class TrainingRun:
             raise RunRefused("the model and the optimiser are not the run's (a cell above was run again alone): "
                              "run the cells again from the model's cell on (or Run All).")  # fmt: skip
 
+    def code_now(self) -> dict:
+        """The run's code as its cells have run by now (a cell edited and run since it started counts), its files
+        as the kernel imported them."""
+        return fingerprint.code_of(cells=self.cells, files=self.code)
+
     def state(self) -> dict:
         """Everything needed to go on: weights, optimiser, epoch, metrics, settings, generator (copies)."""
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
@@ -163,6 +169,15 @@ class TrainingRun:
         test_loss, test_recon, test_kl = test_terms
         if not all(map(math.isfinite, (train_loss, test_loss, test_recon, test_kl))):
             raise NonFiniteLossError(epoch, "in the evaluation after it", self.checkpoint, self.settings.lr)
+        code = self.code_now()
+        if changed := fingerprint.changes(self.code, code):
+            if self.epoch:  # epoch self.epoch's checkpoint is of self.code: only that code goes on from it
+                self.back_to_last_epoch()
+                raise RunRefused(f"cells ran other code since epoch {self.epoch} was checkpointed (changed: "
+                                 f"{'; '.join(changed)}): the model is back at epoch {self.epoch}, and only the code "
+                                 "that made a checkpoint goes on from it. Restart the kernel and Run All with resume = "
+                                 "True, or give the new code a folder of its own (name = '...').")  # fmt: skip
+            self.code = code  # nothing was checkpointed yet: the run is this code's
         row = dict(epoch=epoch, train_loss=train_loss, test_loss=test_loss, test_recon=test_recon,
                    test_kl=test_kl, seconds=round(seconds, 3))  # fmt: skip
         state = {**self.state(), "epoch": epoch, "metrics": [*self.history, row]}
@@ -181,11 +196,14 @@ class TrainingRun:
             raise RunRefused(f"training stopped during epoch {stopped}, so the cells above evaluated a model "
                              f"between two epochs; it is back at epoch {self.epoch} now: run the cells again "
                              "from the training cell on.")  # fmt: skip
+        code = self.code_now()
+        if changed := fingerprint.changes(self.code, code):
+            print(f"note: cells ran other code after training ({'; '.join(changed)}): metrics.json names it")
         if self.trains:
             files.save_weights(self.folder / "vae.pt", self.model)
         metrics = {
             "settings": vars(self.settings),
-            "code": self.code,
+            "code": code,
             **({"weights_from": self.weights_from} if self.settings.weights else {}),
             "provenance": provenance(device, self.folder),
             "finished": self.epoch == self.settings.epochs or not self.trains,

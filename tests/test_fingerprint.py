@@ -74,6 +74,21 @@ def test_in_a_kernel_a_cell_counts_as_it_was_last_run_and_a_cell_the_file_lacks_
     assert set(fingerprint.RAN) == {"vae-class", "scratch"}
 
 
+def test_a_runs_code_counts_each_cell_as_it_ran_and_each_file_as_the_kernel_imported_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(fingerprint, "RAN", {})
+    for name in fingerprint.FILES:
+        shutil.copy(REPO / name, tmp_path / name)
+    cells = fingerprint.cells_of(NOTEBOOK)  # read as the run starts
+    at_start = fingerprint.code_of(cells=cells, root=tmp_path)
+    source = (tmp_path / "vae_utils.py").read_text()
+    (tmp_path / "vae_utils.py").write_text(source.replace("return -0.5 * (1 + log_var", "return -0.4 * (1 + log_var"))
+    assert fingerprint.changes(at_start, fingerprint.code_of(cells=cells, root=tmp_path, files=at_start)) == []
+    loop = next(c for c in cells if c.get("id") == "train-loop")
+    fingerprint.remember(SimpleNamespace(cell_id="train-loop", raw_cell="".join(loop["source"]) + "\nrun.epoch += 1"))
+    now = fingerprint.code_of(cells=cells, root=tmp_path, files=at_start)
+    assert fingerprint.changes(at_start, now) == ["the notebook's 'Training'"]
+
+
 def test_a_notebook_read_while_jupyter_saves_it_in_place_is_read_again_until_whole(tmp_path, monkeypatch):
     """Jupyter truncates the file, then writes it: a kernel reading it in between finds it empty or cut short."""
     monkeypatch.setattr(fingerprint, "RAN", {})

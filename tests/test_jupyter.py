@@ -17,6 +17,7 @@ import torch
 from jupyter_client.manager import KernelManager
 
 from conftest import QUICK, REPO, without_settings
+from harness import fingerprint
 
 pytestmark = pytest.mark.slow
 NOTEBOOK = REPO / "Variational_autoencoder.ipynb"
@@ -266,3 +267,44 @@ def test_the_model_cell_run_again_alone_is_refused_before_any_training(kernel, u
     assert "ename" not in kernel.run("optimizer")  # from the model's cell on again: the run belongs together
     assert "ename" not in kernel.run("train-loop")
     same(record(tmp_path / "run"), uninterrupted)
+
+
+def test_a_cell_run_after_a_stop_keeps_the_training_cell_from_going_on_from_the_checkpoint(kernel, tmp_path):
+    ids = [cell.get("id") for cell in kernel.cells]
+    for cell in ids[: ids.index("train-loop")]:
+        assert "ename" not in kernel.run(cell)
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    kernel.interrupt_during("train-loop", lambda: checkpoint.exists())  # during epoch 2
+    saved = torch.load(checkpoint, weights_only=True)
+    assert "ename" not in kernel.run("a-new-cell", "model.fc_mu.weight.data.mul_(0.5)")  # it changes the numbers
+    refused = kernel.run("train-loop")
+    assert refused.get("ename") == "RunRefused" and refused["traceback"] == [f"RunRefused: {refused['evalue']}"]
+    said = "(changed: cells run that the notebook file does not hold): the model is back at epoch 1"
+    assert said in refused["evalue"]
+    after = torch.load(checkpoint, weights_only=True)
+    assert after["epoch"] == 1 and after["code"] == saved["code"]
+    same_weights = "print(torch.equal(model.fc_mu.weight.cpu(), torch.load(run.checkpoint)['model']['fc_mu.weight']))"
+    assert kernel.run(None, same_weights)["text"].strip() == "True"  # the halving went with the refused epoch
+
+
+def test_cells_edited_and_run_without_saving_are_the_code_the_checkpoint_and_the_record_name(kernel, tmp_path):
+    edits = {
+        "train-loop": ("/ len(train_x)", "/ (1 * len(train_x))"),  # the same numbers, other code
+        "evaluation": ("active = vae_utils.active_units(mu)", "active = vae_utils.active_units(mu) + 0"),
+    }
+    ran = {}
+    for cell in kernel.cells:
+        source = cell.source.replace(*edits[cell.get("id")]) if cell.get("id") in edits else cell.source
+        assert source != cell.source or cell.get("id") not in edits
+        ran[cell.get("id")] = kernel.run(cell.get("id"), source)
+        assert "ename" not in ran[cell.get("id")]
+    said = "note: cells ran other code after training (the notebook's 'How good is the model?')"
+    assert said in ran["metrics"]["text"]
+    saved = fingerprint.code_of()  # the notebook file's code: the edits were not saved
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert fingerprint.changes(saved, checkpoint["code"]) == ["the notebook's 'Training'"]
+    assert fingerprint.changes(saved, metrics["code"]) == [
+        "the notebook's 'Training'",
+        "the notebook's 'How good is the model?'",
+    ]
