@@ -120,7 +120,8 @@ def differences(saved, current, names=SPEC) -> list:  # `name: X there, Y now` f
 def run_name(settings) -> str:
     """A folder name made from the settings that differ from the spec, e.g. `epochs=2,lr=0.01`."""
     values = values_of(settings)
-    parts = [f"{n}={Path(values[n]).name if n == 'weights' else values[n]}" for n in SPEC if values[n] != SPEC[n]]
+    shown = {**values, "weights": "-".join(Path(values["weights"]).parts[-2:])}  # every run's weights are vae.pt
+    parts = [f"{n}={shown[n]}" for n in SPEC if values[n] != SPEC[n]]
     name = ",".join(parts) or "spec"
     if len(name) > 100:  # file systems allow 255 bytes: a long weights name or many settings
         name = f"{name[:80]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"

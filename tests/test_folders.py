@@ -22,6 +22,9 @@ def test_an_experiment_gets_a_folder_of_its_own_named_from_its_settings():
     long = load(VAE_EPOCHS="3", VAE_LR="0.002", VAE_BATCH_SIZE="64", VAE_LATENT_DIM="7", VAE_BETA="3.5",
                 VAE_KL_WARMUP="2", VAE_TRAIN_SIZE="1000", VAE_TEST_SIZE="500", VAE_SEED="123456789")  # fmt: skip
     assert len(Path(long.results_dir).name) <= 100
+    assert load(VAE_WEIGHTS="results/vae.pt").results_dir == "runs/weights=results-vae.pt"  # two runs' vae.pt: two
+    iwae5 = load(VAE_WEIGHTS=str(REPO / "results/studies/burda540/iwae5/vae.pt"), VAE_LIKELIHOOD="binarized")
+    assert iwae5.results_dir == "runs/likelihood=binarized,weights=iwae5-vae.pt"
 
 
 @pytest.mark.parametrize(
