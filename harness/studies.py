@@ -22,7 +22,7 @@ from pathlib import Path
 
 from harness import PREFIX, STOPS, files, fingerprint, raise_stopped
 from harness.cluster import MACHINE_SETTINGS, StudyFailed, run_on_cluster
-from harness.folders import STUDY_RECORD, resolve
+from harness.folders import STUDY_RECORD, check_folder, resolve
 from harness.plans import STUDIES
 from harness.provenance import made_by
 from harness.settings import SPEC, SettingsError, differences, from_environment
@@ -74,9 +74,10 @@ def run_study(name, runs=None, root=None, environ=None, echo=None, scheduler=Non
         if is_complete(root / run, overrides):
             echo(f"[{number}/{len(runs)}] {name}/{run}: {kept(root / run, code)}")
             continue
-        try:  # every run's settings checked here, before any task starts
+        try:  # every run's settings and folder checked here, before any task starts: a record it cannot read,
+            # or a run of other settings (a plan edited since), is kept as it is, not replaced
             parameters = {**machine, **overrides, "results_dir": str(root / run)}
-            resolve(parameters, environ={}, claim_folder=False, source=f"study {name}")
+            check_folder(resolve(parameters, environ={}, claim_folder=False, source=f"study {name}"), root / run)
         except SettingsError as error:
             raise StudyFailed(f"study {name}: run {run} refused: {error}") from None
         todo[run] = overrides

@@ -5,6 +5,7 @@ files, say which code made each row, and refuse a missing or broken one."""
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -212,6 +213,21 @@ def test_a_finished_run_made_by_other_code_is_kept_and_the_study_says_which_code
                     "[2/2] mine/other: done already by other code (commit 0123456; changed since: vae_utils.py), "
                     f"kept: delete {tmp_path / 'other'} to run it with this code"]  # fmt: skip
     assert (tmp_path / "other" / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "record, words",
+    [('{"settings": {"seed": 2', "seed2/metrics.json is not a whole record: the file: Invalid JSON"),
+     ("seed 3", "seed2 holds a run with other settings (seed: 3 there, 2 now)")],
+)  # fmt: skip
+def test_a_study_refuses_a_run_folder_it_cannot_read_or_of_other_settings_and_keeps_it(tmp_path, record, words):
+    constructed_run(tmp_path / "seed2", 3, 100.0, -97.0, 12, **SMALL)  # a plan's row edited since (seed 3 -> 2)
+    if not record.startswith("seed"):
+        (tmp_path / "seed2" / "metrics.json").write_text(record)  # cut short
+    before = {p.name: p.read_bytes() for p in (tmp_path / "seed2").iterdir()}
+    with pytest.raises(studies.StudyFailed, match="^study tiny: run seed2 refused: .*" + re.escape(words)):
+        studies.run_study("tiny", {"seed2": {"seed": 2, **SMALL}}, tmp_path, {}, echo=lambda line: None)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "seed2").iterdir() if p.name != ".lock"} == before
 
 
 def test_a_study_refuses_the_variables_it_would_ignore_naming_them(tmp_path):
