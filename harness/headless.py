@@ -148,23 +148,24 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
 
 
 def prepare(parameters: dict, resolved, folder: Path, kernel_env: dict, echo) -> tuple:
-    """The notebook to execute, without outputs, and where it goes when it finishes and when it fails. An
-    experiment gets papermill's injected parameters; the spec's run keeps the committed parameters cell (machine
-    settings go to `kernel_env` as variables), which must be the declaration."""
+    """The notebook to execute, without outputs, and where it goes when it finishes and when it fails. Its
+    parameters cell must be the declaration, but for the values given. An experiment gets papermill's injected
+    parameters; the spec's run keeps the committed cell (machine settings go to `kernel_env` as variables)."""
     given = {k: v for k, v in parameters.items() if k not in ("name", "results_dir")}
     nb = load_notebook_node(str(NOTEBOOK))  # papermill's reader: every cell has its tags
     for cell in nb.cells:  # a failed run must not show the committed run's outputs below the failure
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
+    # A value saved in the cell (an experiment in Jupyter) would join the run unseen, its folder named without it.
+    if wrong := [w for w in record.parameters_not_the_spec() if w.split(" = ")[0] not in given]:
+        raise RunFailed(f"the notebook's parameters cell is not the declaration in harness/settings.py "
+                        f"({'; '.join(wrong)}): make them agree (`python3 tasks.py restore` brings back the committed "
+                        "cell), and give an experiment's values as VAE_* variables.", EXIT_SETTINGS)  # fmt: skip
     if folder != folders.RECORD:
         what = "the spec's run" if settings.is_spec_run(resolved) else f"an experiment ({settings.run_name(resolved)})"
         echo(f"{what}: everything goes to {resolved.results_dir}/\n")
         nb = parameterize_notebook(nb, {**given, "results_dir": str(folder)})
         return nb, folder / NOTEBOOK.name, folder / "failed-run.ipynb"  # a finished run's notebook stays
-    if wrong := "; ".join(record.parameters_not_the_spec()):  # an experiment saved over the record
-        raise RunFailed(f"the notebook's parameters cell is not the declaration in harness/settings.py ({wrong}): "
-                        "make them agree (`python3 tasks.py restore` brings back the committed cell).",
-                        EXIT_SETTINGS)  # fmt: skip
     echo(f"the spec's run: the notebook in place, results in {resolved.results_dir}/\n")
     kernel_env.update({f"{PREFIX}{name.upper()}": str(value) for name, value in given.items()})
     return nb, NOTEBOOK, FAILED_SPEC_RUN

@@ -391,11 +391,13 @@ def test_a_failed_notebook_that_cannot_be_written_leaves_the_real_error_and_says
     )
 
 
-def test_a_default_changed_in_the_declaration_but_not_in_the_parameters_cell_is_refused_before_a_kernel_starts(
-    monkeypatch, mnist_root
+@pytest.mark.parametrize("experiment", [{}, {"epochs": 1, "train_size": 512}])  # the spec's run, and an experiment
+def test_a_parameters_cell_other_than_the_declaration_is_refused_before_a_kernel_starts(
+    monkeypatch, mnist_root, tmp_path, experiment
 ):
     declared = settings.SETTINGS["iw_samples"]
     monkeypatch.setitem(settings.SETTINGS, "iw_samples", settings.Setting(**{**vars(declared), "default": 100}))
-    monkeypatch.setitem(settings.SPEC, "iw_samples", 100)  # the spec's run now, which the cell's 50 would not be
+    monkeypatch.setitem(settings.SPEC, "iw_samples", 100)  # the cell's 50 now is a value saved in Jupyter
     with pytest.raises(headless.RunFailed, match=r"parameters cell is not the declaration .*iw_samples = 50 instead"):
-        headless.execute({"data_dir": str(mnist_root)}, environ={}, echo=lambda text: None)
+        headless.execute({"data_dir": str(mnist_root), **experiment}, environ={}, echo=lambda text: None)
+    assert not (REPO / "runs" / "epochs=1,train_size=512").exists()
