@@ -49,8 +49,8 @@ class TrainingRun:
         self.checkpoint = self.folder / "checkpoint.pt"
         self.history, self.resumed, self.epoch, self.in_epoch, self.show_history = [], [], 0, None, False
         self.trains = not settings.weights
-        self.cells = fingerprint.cells_of(fingerprint.notebook_in_use())  # as the run starts: later saves count not
-        self.code = fingerprint.code_of(cells=self.cells)  # then `code_now` for each write: the cells as they ran
+        self.cells = fingerprint.cells_of(fingerprint.notebook_in_use())  # as the run starts: a later save is no run
+        self.code = fingerprint.code_of(cells=self.cells)  # then `code_now` before each write: the cells as they ran
         self.machine = machine_of(model)  # once: it reads /proc/cpuinfo, and each checkpoint records it
         self.snapshot = self.state()
 
@@ -198,7 +198,7 @@ class TrainingRun:
                              "from the training cell on.")  # fmt: skip
         code = self.code_now()
         if changed := fingerprint.changes(self.code, code):
-            print(f"note: cells ran other code after training ({'; '.join(changed)}): metrics.json names it")
+            print(f"note: cells ran other code than the run started with ({'; '.join(changed)}): metrics.json says so")
         if self.trains:
             files.save_weights(self.folder / "vae.pt", self.model)
         metrics = {

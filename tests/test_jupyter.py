@@ -298,7 +298,7 @@ def test_cells_edited_and_run_without_saving_are_the_code_the_checkpoint_and_the
         assert source != cell.source or cell.get("id") not in edits
         ran[cell.get("id")] = kernel.run(cell.get("id"), source)
         assert "ename" not in ran[cell.get("id")]
-    said = "note: cells ran other code after training (the notebook's 'How good is the model?')"
+    said = "note: cells ran other code than the run started with (the notebook's 'How good is the model?')"
     assert said in ran["metrics"]["text"]
     saved = fingerprint.code_of()  # the notebook file's code: the edits were not saved
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
