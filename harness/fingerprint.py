@@ -146,7 +146,7 @@ def code_of(notebook=None, root=REPO, cells=None, files=None) -> dict:
             known.add(cell.get("id"))
             code = RAN.get(cell.get("id"), "".join(cell["source"]))
             sections.setdefault(f"the notebook's {section!r}", []).append(code)
-    extra = [code for cell_id, code in RAN.items() if cell_id not in known]
+    extra = [code for cell_id, code in RAN.items() if cell_id not in known and not is_parameters(code)]
     if extra:
         sections["cells run that the notebook file does not hold"] = extra
     parts = {

@@ -68,10 +68,13 @@ def test_in_a_kernel_a_cell_counts_as_it_was_last_run_and_a_cell_the_file_lacks_
     fingerprint.remember(SimpleNamespace(cell_id="vae-class", raw_cell=vae_class.source.replace("ReLU", "Tanh")))
     assert fingerprint.changes(saved, fingerprint.code_of()) == ["the notebook's 'The model'"]
     fingerprint.remember(SimpleNamespace(cell_id="vae-class", raw_cell=vae_class.source))  # run again as saved
+    fingerprint.remember(SimpleNamespace(cell_id="a-note", raw_cell="# to try next: beta = 4"))  # no code
+    fingerprint.remember(SimpleNamespace(cell_id="a-setting", raw_cell="epochs = 3"))  # read by the settings cell
+    assert fingerprint.changes(saved, fingerprint.code_of()) == []
     fingerprint.remember(SimpleNamespace(cell_id="scratch", raw_cell="model.fc_mu.weight.data.zero_()"))
     assert fingerprint.changes(saved, fingerprint.code_of()) == ["cells run that the notebook file does not hold"]
     fingerprint.remember(SimpleNamespace(cell_id=None, raw_cell="print(1)"))  # a console: no cell
-    assert set(fingerprint.RAN) == {"vae-class", "scratch"}
+    assert set(fingerprint.RAN) == {"vae-class", "a-note", "a-setting", "scratch"}
 
 
 def test_a_runs_code_counts_each_cell_as_it_ran_and_each_file_as_the_kernel_imported_it(tmp_path, monkeypatch):
