@@ -49,6 +49,10 @@ def test_prose_comments_and_the_parameters_cell_are_not_the_code(tmp_path):
     assert changed(tmp_path / "prose.ipynb") == []
     assert changed(edited(tmp_path, "vae-class", lambda s: "# why this model\n" + s)) == []
     assert changed(edited(tmp_path, "parameters", lambda s: s.replace("epochs = 20", "epochs = 5"))) == []
+    heading = next(c for c in nb.cells if c.source.startswith("## The model"))
+    heading.source = heading.source.replace("## The model", "## The encoder and the decoder", 1)
+    nbformat.write(nb, tmp_path / "heading.ipynb")  # a section renamed: the same code, named otherwise
+    assert changed(tmp_path / "heading.ipynb") == []
 
 
 def test_an_edited_loss_in_vae_utils_is_named(tmp_path):
