@@ -230,8 +230,7 @@ def summarize(name, root=None) -> str:
             f"study {name}: {root / missing[0] / 'metrics.json'} is missing ({len(missing)} of {len(planned)} runs "
             f"not done); `python3 tasks.py study {name}` finishes them. The summary is left as it was."
         )
-    runs = {p.parent.name: read_metrics(p.parent) for p in sorted(root.glob("*/metrics.json"))}
-    runs = dict(sorted(runs.items(), key=lambda kv: planned.index(kv[0]) if kv[0] in planned else len(planned)))
+    runs = {run: read_metrics(root / run) for run in planned}  # the plan's runs, as README's table has them
     table = study_table(name, runs, load_timings(root))
     write_text(root / "summary.md", f"# Study `{name}`\n\n{table}\n")
     _, figure, draw = SUMMARIES.get(name, OTHERS)

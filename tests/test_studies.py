@@ -112,7 +112,9 @@ def test_the_seeds_summary_gives_every_run_then_the_mean_and_sample_standard_dev
     )
     for seed in range(5):
         constructed_run(tmp_path / f"seed{seed}", seed, losses[seed], bounds[seed], active[seed])
+    constructed_run(tmp_path / "seed9", 9, 90.0, -90.0, 20)  # not in the plan: neither a row nor in the mean
     table = summaries.summarize("seeds", tmp_path)
+    assert "seed9" not in table and "seed = 9" not in table
     assert "| seed0 | none (the spec) | 100.00 |" in table and "| seed3 | seed = 3 | 101.00 |" in table
     assert "| 97.00 ± 0.25 | 50 | 12 of 20 |" in table  # seed 1's -log p(x) bound, its se and k
     sd_loss, sd_bound = statistics.stdev(losses), statistics.stdev(bounds)  # the sample sd (n - 1): 1.58, 1.22
