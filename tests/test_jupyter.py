@@ -76,7 +76,8 @@ class Kernel:
         return results
 
     def interrupt_during(self, cell_id, when) -> dict:
-        """Run a cell and press the stop button once `when()` is true."""
+        """Run a cell and press the stop button a moment after `when()` is true: in the next epoch's work (an
+        epoch takes most of a second), not in the instant between two, which a loaded machine can stretch."""
         outcome = {}
         worker = threading.Thread(target=lambda: outcome.update(self.run(cell_id)))
         worker.start()
@@ -84,6 +85,7 @@ class Kernel:
         while not when() and worker.is_alive():
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        time.sleep(0.2)
         self.km.interrupt_kernel()
         worker.join(timeout=300)
         return outcome
