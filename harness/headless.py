@@ -157,7 +157,7 @@ def prepare(parameters: dict, resolved, folder: Path, kernel_env: dict, echo) ->
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     # A value saved in the cell (an experiment in Jupyter) would join the run unseen, its folder named without it.
-    if wrong := [w for w in record.parameters_not_the_spec() if w.split(" = ")[0] not in given]:
+    if wrong := record.parameters_not_the_spec(given=given):
         raise RunFailed(f"the notebook's parameters cell is not the declaration in harness/settings.py "
                         f"({'; '.join(wrong)}): make them agree (`python3 tasks.py restore` brings back the committed "
                         "cell), and give an experiment's values as VAE_* variables.", EXIT_SETTINGS)  # fmt: skip

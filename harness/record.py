@@ -15,8 +15,9 @@ from harness import NOTEBOOK
 from harness.settings import SPEC
 
 
-def parameters_not_the_spec(path=NOTEBOOK) -> list:
-    """`name = X instead of Y` for each setting the notebook's parameters cells give another value than the spec."""
+def parameters_not_the_spec(path=NOTEBOOK, given=()) -> list:
+    """`name = X instead of Y` for each setting the notebook's parameters cells give another value than the spec
+    (but those `given`, whose values a run passes itself)."""
     found = []
     for cell in json.loads(path.read_text())["cells"]:
         tags = cell.get("metadata", {}).get("tags", [])
@@ -24,7 +25,7 @@ def parameters_not_the_spec(path=NOTEBOOK) -> list:
             try:
                 for statement in ast.parse("".join(cell["source"])).body:
                     name, value = statement.targets[0].id, ast.literal_eval(statement.value)
-                    if name in SPEC and value != SPEC[name]:
+                    if name in SPEC and name not in given and value != SPEC[name]:
                         found.append(f"{name} = {value!r} instead of {SPEC[name]!r}")
             except (SyntaxError, ValueError, AttributeError, IndexError):
                 found.append("a parameters cell that is not plain assignments of values")
