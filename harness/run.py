@@ -219,13 +219,13 @@ class TrainingRun:
 
 
 def on_stop(shell, etype, value, tb, tb_offset=None):
-    """The kernel's handler of a stop: inside an epoch, the model goes back to the last complete one, in one line."""
+    """The kernel's handler of a stop, in one line: inside an epoch, the model goes back to the last complete one."""
     run = TrainingRun.current
     stopped = run.back_to_last_epoch() if run is not None else None
-    if stopped is not None:
-        kept = f"the end of epoch {run.epoch}, as in {run.checkpoint}" if run.epoch else "its initial weights"
-        said = f"Stopped during epoch {stopped}: the model is back at {kept}. Run this cell again to go on."
-        value, etype, tb = Stopped(message=said), Stopped, None
+    kept = f"the end of epoch {run.epoch}, as in {run.checkpoint}" if run and run.epoch else "its initial weights"
+    said = f"Stopped during epoch {stopped}: the model is back at {kept}" if stopped else "Stopped outside an epoch"
+    if not isinstance(value, Stopped):  # between two epochs, or in another cell: no model was half trained
+        value, etype, tb = Stopped(message=f"{said}. Run this cell again to go on."), Stopped, None
     shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
 
 

@@ -90,8 +90,10 @@ def test_in_a_kernel_a_stop_mid_epoch_goes_back_at_once_and_says_so_in_one_line(
     assert etype is Stopped and value._render_traceback_() == [str(value)]
     assert str(value).startswith("Stopped during epoch 2: the model is back at the end of epoch 1, as in")
     assert run.in_epoch is None and not torch.equal(run.model.weight, before)  # put back at once
-    training.on_stop(shell, KeyboardInterrupt, stop.value, None)  # a stop outside an epoch: shown as it is
-    assert shown[-1][0] is KeyboardInterrupt
+    at_epoch_1 = run.model.weight.detach().clone()
+    training.on_stop(shell, KeyboardInterrupt, KeyboardInterrupt(), None)  # between two epochs: one line too
+    assert shown[-1][1]._render_traceback_() == ["Stopped outside an epoch. Run this cell again to go on."]
+    assert torch.equal(run.model.weight, at_epoch_1) and run.epoch == 1  # nothing to put back
 
 
 def test_a_failure_inside_also_goes_back_and_the_checkpoint_holds_the_last_good_epoch(tmp_path):
