@@ -28,6 +28,13 @@ STOPS = {  # the signals that stop a run, and how a message names them (no SIGHU
 }
 
 
+class OneLine:
+    """An error its message alone mends (what was wrong, what to do): IPython shows that, not a traceback."""
+
+    def _render_traceback_(self):
+        return [f"{type(self).__name__}: {self}"]
+
+
 class Stopped(KeyboardInterrupt):
     """A run or study stopped (a stop signal, or Jupyter's stop button); `code` is the exit status a command
     ends with (128 + the signal). The one exception that says "stopped"; in a kernel, its one line is shown."""

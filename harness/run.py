@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from harness import REPO, Stopped, files, fingerprint
+from harness import REPO, OneLine, Stopped, files, fingerprint
 from harness.folders import RECORD, other_code, weights_code
 from harness.provenance import machine_of, provenance
 from harness.settings import SPEC
@@ -22,7 +22,7 @@ IGNORED_ON_RESUME = {"resume", "results_dir", "name"}
 fingerprint.watch_kernel()  # imported by the notebook's first cell: from then on the kernel notes each cell's code
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(OneLine, FloatingPointError):
     """The loss became NaN or infinite; training stopped at the last complete epoch."""
 
     def __init__(self, epoch, where, checkpoint, lr):
@@ -35,9 +35,8 @@ class NonFiniteLossError(FloatingPointError):
         )
 
 
-class RunRefused(RuntimeError):  # the run cannot go on as the cells stand: why and what to do, one line in Jupyter
-    def _render_traceback_(self):
-        return [f"RunRefused: {self}"]
+class RunRefused(OneLine, RuntimeError):
+    """The run cannot go on as the cells stand: why, and what to do."""
 
 
 class TrainingRun:

@@ -12,13 +12,12 @@ from types import SimpleNamespace
 
 import torch
 
-from harness import PREFIX, REPO
+from harness import PREFIX, REPO, OneLine
 from vae_utils import GRADIENTS, LIKELIHOODS, LR_SCHEDULES, OBJECTIVES
 
 
-class SettingsError(ValueError):  # a value that cannot be used; the message names the setting and what it accepts
-    def _render_traceback_(self):  # Jupyter shows the one line, not settings.py's source
-        return [f"SettingsError: {self}"]
+class SettingsError(OneLine, ValueError):
+    """A value that cannot be used; the message names the setting and what it accepts."""
 
 
 @dataclass(frozen=True)

@@ -211,6 +211,15 @@ def test_a_bad_value_in_the_parameters_cell_stops_the_notebook_in_the_settings_c
     assert list(results)[-1] == "settings" and not (tmp_path / "run").exists()
 
 
+def test_the_harness_errors_a_person_mends_show_one_line_in_the_kernel_not_a_traceback(kernel, tmp_path):
+    kernel.run("imports")
+    no_mnist = kernel.run(None, f"mnist.SOURCES.clear(); mnist.ensure_mnist(r'{tmp_path / 'empty'}')")  # offline
+    not_weights = kernel.run(None, "from harness import files; files.load_weights('README.md')")
+    for error, ename in ((no_mnist, "MNISTUnavailableError"), (not_weights, "CheckpointError")):
+        assert error["ename"] == ename and error["traceback"] == [f"{ename}: {error['evalue']}"]
+    assert "Could not get a verified copy of MNIST" in no_mnist["evalue"]
+
+
 def test_the_environment_wins_over_the_parameters_cell(kernel, tmp_path):
     results = kernel.run_all(epochs=1, latent_dim=5)  # VAE_EPOCHS=3 is set in the kernel's environment
     settings = json.loads((tmp_path / "run" / "metrics.json").read_text())["settings"]
