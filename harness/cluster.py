@@ -49,7 +49,7 @@ def run_on_cluster(name, todo, root, machine, echo, scheduler):
     import distributed
 
     code, failed, done = fingerprint.code_of(), {}, []
-    timings = json.loads((root / "timings.json").read_text()) if (root / "timings.json").exists() else {}
+    timings = files.read_timings(root)
     with cluster(scheduler) as (client, where):
         echo(f"study {name}: {len(todo)} runs on {where}; Dask's dashboard: {client.dashboard_link}")
         stop = distributed.Event(f"stop-{name}-{uuid.uuid4().hex[:8]}", client=client)

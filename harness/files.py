@@ -89,14 +89,15 @@ class Record(Part):
         return settings.complete(saved)
 
 
-def read_metrics(folder, missing_ok=False):
-    """The metrics.json of the run in `folder` (as a dict), its settings completed; None if missing and `missing_ok`."""
-    path = Path(folder) / "metrics.json"
+RECORD = pydantic.TypeAdapter(Record)
+TIMINGS = pydantic.TypeAdapter(dict[str, pydantic.FiniteFloat], config=pydantic.ConfigDict(strict=True))  # seconds
+
+
+def read_json(path: Path, schema: pydantic.TypeAdapter):
+    """The JSON file at `path` read with `schema`; else UnreadableRun, one line naming it and its first fault."""
     try:
-        return Record.model_validate_json(path.read_bytes()).model_dump()
+        return schema.validate_json(path.read_bytes())
     except FileNotFoundError:
-        if missing_ok:
-            return None
         raise UnreadableRun(f"{path} is missing: that run has not finished.") from None
     except OSError as error:
         raise UnreadableRun(f"{path} cannot be read ({error}).") from None
@@ -104,6 +105,18 @@ def read_metrics(folder, missing_ok=False):
         first = error.errors()[0]
         where = ".".join(map(str, first["loc"])) or "the file"
         raise UnreadableRun(f"{path} is not a whole record: {where}: {first['msg']}.") from None
+
+
+def read_metrics(folder, missing_ok=False):
+    """The metrics.json of the run in `folder` (as a dict), its settings completed; None if missing and `missing_ok`."""
+    path = Path(folder) / "metrics.json"
+    return None if missing_ok and not path.exists() else read_json(path, RECORD).model_dump()
+
+
+def read_timings(folder) -> dict:
+    """A study's seconds of wall time per run (its timings.json), or {} before its first run finished."""
+    path = Path(folder) / "timings.json"
+    return read_json(path, TIMINGS) if path.exists() else {}
 
 
 # ---- checkpoints -----------------------------------------------------------------------------

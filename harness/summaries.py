@@ -12,7 +12,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from harness.files import UnreadableRun, read_metrics, write_text
+from harness.files import UnreadableRun, read_metrics, read_timings, write_text
 from harness.folders import STUDY_RECORD
 from harness.plans import STUDIES
 from harness.provenance import code_line, cpu_of
@@ -81,12 +81,6 @@ def seeded_figure(runs: dict, path: Path):
 
 
 WALL_TIME = "Minutes are wall time, the evaluation included: docs/studies.md says on which machines."
-
-
-def load_timings(root: Path) -> dict:
-    """Seconds of wall time per run of a study (timings.json), or {}."""
-    path = Path(root) / "timings.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def table(header: list, rows: list, align: str) -> str:
@@ -187,7 +181,7 @@ def baseline() -> tuple:
     """burda540's IWAE k = 5 runs (named `burda540/RUN`) and their seconds, for dreg540's table and figure."""
     study, names = BASELINE
     runs = {f"{study}/{run}": read_metrics(STUDY_RECORD / study / run) for run in names}
-    return runs, {f"{study}/{run}": s for run, s in load_timings(STUDY_RECORD / study).items()}
+    return runs, {f"{study}/{run}": s for run, s in read_timings(STUDY_RECORD / study).items()}
 
 
 def dreg_table(runs: dict, minutes) -> str:
@@ -231,7 +225,7 @@ def summarize(name, root=None) -> str:
             f"not done); `python3 tasks.py study {name}` finishes them. The summary is left as it was."
         )
     runs = {run: read_metrics(root / run) for run in planned}  # the plan's runs, as README's table has them
-    table = study_table(name, runs, load_timings(root))
+    table = study_table(name, runs, read_timings(root))
     write_text(root / "summary.md", f"# Study `{name}`\n\n{table}\n")
     _, figure, draw = SUMMARIES.get(name, OTHERS)
     if figure:

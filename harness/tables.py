@@ -19,11 +19,11 @@ import signal
 import sys
 
 from harness import PREFIX, REPO, STOPS, raise_stopped
-from harness.files import UnreadableRun, read_metrics, write_text
+from harness.files import UnreadableRun, read_metrics, read_timings, write_text
 from harness.folders import RECORD, STUDY_RECORD
 from harness.plans import STUDIES
 from harness.settings import SETTINGS
-from harness.summaries import load_timings, study_table, table
+from harness.summaries import study_table, table
 
 DOCUMENTS = ["README.md", "docs/studies.md", "docs/settings.md", "docs/performance.md"]
 BENCHMARK = REPO / "benchmarks" / "results.json"
@@ -46,7 +46,7 @@ def main_table(metrics: dict) -> str:
 
 
 def timing_line(name) -> str:
-    timings, planned = load_timings(STUDY_RECORD / name), len(STUDIES[name])
+    timings, planned = read_timings(STUDY_RECORD / name), len(STUDIES[name])
     done = sum(run in timings and (STUDY_RECORD / name / run / "metrics.json").exists() for run in STUDIES[name])
     runs = f"{planned} runs" if done == planned else f"{done} of {planned} runs"
     return f"{runs}, {sum(timings.values()) / 60:.0f} minutes of wall time"
@@ -105,7 +105,7 @@ def readme_tables() -> dict:
     for name in STUDIES:
         folder = STUDY_RECORD / name
         runs = {run: read_metrics(folder / run) for run in STUDIES[name] if (folder / run / "metrics.json").exists()}
-        tables[name] = study_table(name, runs, load_timings(folder)) if runs else "(not run yet)"
+        tables[name] = study_table(name, runs, read_timings(folder)) if runs else "(not run yet)"
         if len(runs) < len(STUDIES[name]):
             tables[name] += (
                 f"\n\n{len(runs)} of {len(STUDIES[name])} runs done: `python3 tasks.py study {name}` goes on."

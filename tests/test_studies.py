@@ -192,16 +192,25 @@ def test_a_summary_over_fewer_runs_than_the_study_defines_is_refused_and_not_wri
     assert not (tmp_path / "summary.md").exists()
 
 
-def test_a_broken_metrics_json_in_a_study_is_named_by_the_tables_command(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("path", "text", "words"),
+    [("seed2/metrics.json", '{"settings": {"seed": 2', "seed2/metrics.json is not a whole record: the file"),
+     ("timings.json", '{"seed0": 1', "seeds/timings.json is not a whole record: the file: Invalid JSON"),
+     ("timings.json", '{"seed0": NaN}', "seeds/timings.json is not a whole record: seed0: Input should be a finite"),
+     ("timings.json", '{"seed0": "60"}', "seeds/timings.json is not a whole record: seed0: Input should be a valid"),
+     ("timings.json", "[60]", "seeds/timings.json is not a whole record: the file: Input should be an object")],
+)  # fmt: skip
+def test_a_broken_record_or_timings_file_in_a_study_is_named_by_the_tables_command_in_one_line(
+    tmp_path, monkeypatch, path, text, words
+):
     for seed in range(5):
         constructed_run(tmp_path / "seeds" / f"seed{seed}", seed, 100.0, -97.0, 12)
-    (tmp_path / "seeds" / "seed2" / "metrics.json").write_text('{"settings": {"seed": 2')  # cut short
+    (tmp_path / "seeds" / path).write_text(text)  # as a hand edit or a merge leaves it
     monkeypatch.setattr(tables, "STUDY_RECORD", tmp_path)
     with pytest.raises(SystemExit) as stop:
         tables.main([])
-    assert str(stop.value).startswith("error: ") and "seeds/seed2/metrics.json is not a whole record: the file" in str(
-        stop.value
-    )
+    assert str(stop.value).startswith("error: ") and words in str(stop.value), stop.value
+    assert len(str(stop.value).splitlines()) == 1
 
 
 def test_a_finished_run_made_by_other_code_is_kept_and_the_study_says_which_code_in_one_line(tmp_path):
