@@ -19,7 +19,7 @@ import time
 import tokenize
 from pathlib import Path
 
-from harness import NOTEBOOK, REPO, mnist
+from harness import NOTEBOOK, REPO, OneLine, mnist
 from harness.settings import SETTINGS
 
 FILES = ("vae_utils.py",)
@@ -111,17 +111,23 @@ def notebook_in_use() -> Path:
     return Path(named) if named.endswith(".ipynb") and Path(named).is_file() else NOTEBOOK
 
 
+class NotANotebook(OneLine, ValueError):
+    """The notebook file is not a whole notebook: a merge conflict, or a save cut short."""
+
+
 def cells_of(path, seconds=10.0) -> list:
     """A notebook's cells. Jupyter saves a notebook by writing the file in place (its "atomic" writing keeps a
     copy to put back on failure), so a kernel that reads it while Run All saves can find it empty or cut
-    short: read it again until it is whole."""
+    short: read it again until it is whole, for `seconds`; then NotANotebook."""
     deadline = time.monotonic() + seconds
     while True:
         try:
             return json.loads(Path(path).read_text())["cells"]
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
             if time.monotonic() > deadline:
-                raise
+                raise NotANotebook(f"{path} is not a whole notebook ({type(error).__name__}: {error}): a merge "
+                                   "conflict, or a save cut short? `python3 tasks.py restore` brings back the "
+                                   "committed one.") from None  # fmt: skip
             time.sleep(0.05)
 
 

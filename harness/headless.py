@@ -152,15 +152,15 @@ def prepare(parameters: dict, resolved, folder: Path, kernel_env: dict, echo) ->
     parameters cell must be the declaration, but for the values given. An experiment gets papermill's injected
     parameters; the spec's run keeps the committed cell (machine settings go to `kernel_env` as variables)."""
     given = {k: v for k, v in parameters.items() if k not in ("name", "results_dir")}
-    nb = load_notebook_node(str(NOTEBOOK))  # papermill's reader: every cell has its tags
-    for cell in nb.cells:  # a failed run must not show the committed run's outputs below the failure
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
     # A value saved in the cell (an experiment in Jupyter) would join the run unseen, its folder named without it.
     if wrong := record.parameters_not_the_spec(given=given):
         raise RunFailed(f"the notebook's parameters cell is not the declaration in harness/settings.py "
                         f"({'; '.join(wrong)}): make them agree (`python3 tasks.py restore` brings back the committed "
                         "cell), and give an experiment's values as VAE_* variables.", EXIT_SETTINGS)  # fmt: skip
+    nb = load_notebook_node(str(NOTEBOOK))  # papermill's reader: every cell has its tags
+    for cell in nb.cells:  # a failed run must not show the committed run's outputs below the failure
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
     if folder != folders.RECORD:
         what = "the spec's run" if settings.is_spec_run(resolved) else f"an experiment ({settings.run_name(resolved)})"
         echo(f"{what}: everything goes to {resolved.results_dir}/\n")
@@ -229,8 +229,8 @@ def main():  # `python3 tasks.py run`: the settings come from the VAE_* environm
     try:
         parameters = parameters_from(os.environ)
         to_stdout(f"done: {execute(parameters, source='VAE_*')}\n")
-    except settings.SettingsError as error:
-        print(f"error: SettingsError: {error}", file=sys.stderr)
+    except (settings.SettingsError, fingerprint.NotANotebook) as error:
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         sys.exit(EXIT_SETTINGS)
     except RunFailed as error:
         say(str(error) if error.code > 128 else f"error: {error}")

@@ -8,10 +8,10 @@ tests would fail on it; this says so in one line, with the two commands that put
 """
 
 import ast
-import json
 import sys
 
 from harness import NOTEBOOK
+from harness.fingerprint import NotANotebook, cells_of
 from harness.settings import SPEC
 
 
@@ -19,7 +19,7 @@ def parameters_not_the_spec(path=NOTEBOOK, given=()) -> list:
     """`name = X instead of Y` for each setting the notebook's parameters cells give another value than the spec
     (but those `given`, whose values a run passes itself)."""
     found = []
-    for cell in json.loads(path.read_text())["cells"]:
+    for cell in cells_of(path, seconds=0):
         tags = cell.get("metadata", {}).get("tags", [])
         if "parameters" in tags or "injected-parameters" in tags:
             try:
@@ -34,8 +34,10 @@ def parameters_not_the_spec(path=NOTEBOOK, given=()) -> list:
 
 def not_the_record(path=NOTEBOOK) -> str | None:
     """Why the notebook at `path` is not one clean spec run, or None when it is."""
-    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
-    found = parameters_not_the_spec(path)
+    try:
+        cells, found = [c for c in cells_of(path, seconds=0) if c["cell_type"] == "code"], parameters_not_the_spec(path)
+    except NotANotebook as error:
+        return str(error)
     counts = [c.get("execution_count") for c in cells]
     errors = any(o.get("output_type") == "error" for c in cells for o in c.get("outputs", []))
     if counts != list(range(1, len(cells) + 1)) or errors:

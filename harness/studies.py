@@ -63,13 +63,13 @@ def run_study(name, runs=None, root=None, environ=None, echo=None, scheduler=Non
     machine = {k: v for k, v in given.items() if k in MACHINE_SETTINGS}
     if machine:
         echo(f"every run of study {name} uses {', '.join(f'{k}={v}' for k, v in machine.items())}")
+    code, todo = fingerprint.code_of(), {}  # the notebook read whole, before the study's folder is claimed
     try:  # one writer per study, and none of its runs' folders written by another process
         files.lock_folder(root, alone=False)
         for run in runs:
             files.check_free(root / run)
     except files.FolderInUse as error:
         raise StudyFailed(f"study {name} cannot start: {error}") from None
-    code, todo = fingerprint.code_of(), {}
     for number, (run, overrides) in enumerate(runs.items(), start=1):
         if is_complete(root / run, overrides):
             echo(f"[{number}/{len(runs)}] {name}/{run}: {kept(root / run, code)}")
@@ -124,7 +124,7 @@ def main(argv):
                       "its summary is written when they are done")  # fmt: skip
                 return
         print(summarize(name, STUDY_RECORD / name))
-    except (StudyFailed, SettingsError, files.UnreadableRun) as error:
+    except (StudyFailed, SettingsError, files.UnreadableRun, fingerprint.NotANotebook) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt as error:
         print(f"{error}; the finished runs of study {name} are kept: run the same command to go on.", file=sys.stderr)

@@ -86,6 +86,19 @@ def run_notebook(parameters, results, **settings):
     return nbformat.read(output, as_version=4)
 
 
+def tracked_copy(tmp_path):
+    """The repository's tracked files, copied as they are in the working tree, in a git repository of their own."""
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+    copy = tmp_path / "repo"
+    for name in filter(None, (n.decode() for n in names)):
+        if (REPO / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, copy / name)
+    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        subprocess.run(["git", *command], cwd=copy, check=True, capture_output=True)
+    return copy
+
+
 def tasks(*args, env, cwd=REPO, timeout=900):
     """`python3 tasks.py ARGS` as a user runs it; returns the finished process (text output)."""
     return subprocess.run(

@@ -8,7 +8,6 @@ sees: the files, the messages, the exit status, and that nothing of a stopped ru
 import copy
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -18,7 +17,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import REPO, one_line, run_notebook, tasks, wait_until
+from conftest import REPO, one_line, run_notebook, tasks, tracked_copy, wait_until, without_settings
 from harness import headless, settings
 from harness.run import epoch_line
 
@@ -303,16 +302,7 @@ def test_a_run_stopped_during_its_evaluation_is_evaluated_without_training_again
 
 def test_the_readme_experiment_leaves_the_committed_record_untouched(quick_env, tmp_path):
     """`VAE_EPOCHS=1 python3 tasks.py run` in a fresh copy of the repo, then `git status`."""
-    copy = tmp_path / "repo"
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    for name in filter(None, tracked.decode().split("\0")):
-        if (REPO / name).exists():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, copy / name)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q"], cwd=copy, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=copy, check=True)
-    subprocess.run([*git, "commit", "-qm", "copy"], cwd=copy, check=True)
+    copy = tracked_copy(tmp_path)
     env = {**quick_env, "VAE_EPOCHS": "1", "VENV_DIR": str(REPO / ".venv")}
     run = tasks("run", env=env, cwd=copy)
     assert run.returncode == 0, run.stderr
@@ -322,6 +312,20 @@ def test_the_readme_experiment_leaves_the_committed_record_untouched(quick_env, 
     assert folder.name == "epochs=1,iw_samples=2,train_size=1536,test_size=256"
     for made in ("Variational_autoencoder.ipynb", "metrics.json", "samples.png", "vae.pt"):
         assert (folder / made).is_file()
+
+
+def test_a_notebook_that_is_not_whole_json_is_named_in_one_line_by_every_command_before_any_work(quick_env, tmp_path):
+    copy, env = tracked_copy(tmp_path), {**quick_env, "VENV_DIR": str(REPO / ".venv")}
+    notebook = copy / "Variational_autoencoder.ipynb"
+    text = notebook.read_text()
+    notebook.write_text(text.replace('"seed = 0', '<<<<<<< HEAD\n"seed = 0', 1))  # a merge conflict
+    record = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "harness.record"], cwd=copy,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    study = tasks("study", "seeds", env=without_settings(env), cwd=copy)
+    for done, code in ((tasks("run", env=env, cwd=copy), 2), (study, 1), (record, 1)):
+        assert done.returncode == code and "Traceback" not in done.stderr, done.stderr
+        assert f"{notebook} is not a whole notebook (JSONDecodeError: Expecting value: line" in one_line(done.stderr)
+    assert not (copy / "runs").exists() and not (copy / "results" / "studies" / "seeds" / ".lock").exists()
 
 
 def files_of(folder):

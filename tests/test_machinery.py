@@ -4,13 +4,12 @@ edits no committed record, and the spec's run on a machine other than the record
 import ast
 import json
 import re
-import shutil
 import subprocess
 import sys
 
 import nbformat
 
-from conftest import REPO
+from conftest import REPO, tracked_copy
 from harness import files, fingerprint, folders, settings
 
 # The layers, from the bottom: each module imports only modules before it (harness/__init__.py says the same).
@@ -62,19 +61,6 @@ def test_every_declared_setting_is_read_by_some_code():
                 read.add(node.attr)
     unread = [name for name in settings.SETTINGS if name not in read]
     assert unread == [], f"declared but read by no code (settings.NAME): {unread}"
-
-
-def tracked_copy(tmp_path):
-    """The repository's tracked files, copied as they are in the working tree, in a git repository of their own."""
-    names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
-    copy = tmp_path / "repo"
-    for name in filter(None, (n.decode() for n in names)):
-        if (REPO / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, copy / name)
-    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
-        subprocess.run(["git", *command], cwd=copy, check=True, capture_output=True)
-    return copy
 
 
 READ_EVERYTHING = """
