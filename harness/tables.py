@@ -13,13 +13,14 @@ if __name__ == "__main__":
     stopped_in_one_line("before any table was made: every document is as it was")  # the imports take seconds
 
 import argparse
-import json
 import re
 import signal
 import sys
 
+from pydantic import BaseModel, FiniteFloat, TypeAdapter
+
 from harness import PREFIX, REPO, STOPS, raise_stopped
-from harness.files import UnreadableRun, read_metrics, read_timings, write_text
+from harness.files import UnreadableRun, read_json, read_metrics, read_timings, write_text
 from harness.folders import RECORD, STUDY_RECORD
 from harness.plans import STUDIES
 from harness.settings import SETTINGS
@@ -27,6 +28,21 @@ from harness.summaries import study_table, table
 
 DOCUMENTS = ["README.md", "docs/studies.md", "docs/settings.md", "docs/performance.md"]
 BENCHMARK = REPO / "benchmarks" / "results.json"
+
+
+class Contender(BaseModel):  # the benchmark's results.json, as its tables read it
+    seconds_per_epoch: FiniteFloat
+    images: int
+    test_loss: FiniteFloat | None = None
+
+
+class Figures(BaseModel):
+    machine: str
+    epochs: int
+    rounds: int
+    peak_gflops: FiniteFloat
+    contenders: dict[str, Contender]
+    ratios: dict[str, dict[str, FiniteFloat]]
 
 
 def main_table(metrics: dict) -> str:
@@ -100,8 +116,8 @@ def readme_tables() -> dict:
     """Every generated block of README.md and docs/, by name, from the committed files."""
     tables = {"main": main_table(read_metrics(RECORD)), "settings": settings_table()}
     if BENCHMARK.exists():
-        tables["bench"] = benchmark_table(json.loads(BENCHMARK.read_text()))
-        tables["costs"] = costs_table(json.loads(BENCHMARK.read_text()))
+        figures = read_json(BENCHMARK, TypeAdapter(Figures)).model_dump(exclude_none=True)
+        tables["bench"], tables["costs"] = benchmark_table(figures), costs_table(figures)
     for name in STUDIES:
         folder = STUDY_RECORD / name
         runs = {run: read_metrics(folder / run) for run in STUDIES[name] if (folder / run / "metrics.json").exists()}

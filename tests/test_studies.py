@@ -213,6 +213,21 @@ def test_a_broken_record_or_timings_file_in_a_study_is_named_by_the_tables_comma
     assert len(str(stop.value).splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("spoil", "words"),
+    [(lambda text: text[:40], "the file: Invalid JSON"),
+     (lambda text: text.replace('"rounds"', '"r"'), "rounds: Field"),
+     (lambda text: re.sub(r'"seconds_per_epoch": [\d.]+', '"seconds_per_epoch": NaN', text, count=1), "finite")],
+)  # fmt: skip
+def test_a_broken_benchmark_output_is_named_by_the_tables_command_in_one_line(tmp_path, monkeypatch, spoil, words):
+    (tmp_path / "results.json").write_text(spoil(tables.BENCHMARK.read_text()))
+    monkeypatch.setattr(tables, "BENCHMARK", tmp_path / "results.json")
+    with pytest.raises(SystemExit) as stop:
+        tables.main([])
+    assert str(stop.value).startswith(f"error: {tmp_path / 'results.json'} is not a whole record: ")
+    assert words in str(stop.value) and len(str(stop.value).splitlines()) == 1
+
+
 def test_a_finished_run_made_by_other_code_is_kept_and_the_study_says_which_code_in_one_line(tmp_path):
     constructed_run(tmp_path / "same", 7, 100.0, -97.0, 12)
     other = json.loads((tmp_path / "same" / "metrics.json").read_text())
