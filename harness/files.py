@@ -89,7 +89,7 @@ class Record(Part):
         return settings.complete(saved)
 
 
-RECORD = pydantic.TypeAdapter(Record)
+METRICS = pydantic.TypeAdapter(Record)  # metrics.json
 TIMINGS = pydantic.TypeAdapter(dict[str, pydantic.FiniteFloat], config=pydantic.ConfigDict(strict=True))  # seconds
 
 
@@ -110,7 +110,7 @@ def read_json(path: Path, schema: pydantic.TypeAdapter):
 def read_metrics(folder, missing_ok=False):
     """The metrics.json of the run in `folder` (as a dict), its settings completed; None if missing and `missing_ok`."""
     path = Path(folder) / "metrics.json"
-    return None if missing_ok and not path.exists() else read_json(path, RECORD).model_dump()
+    return None if missing_ok and not path.exists() else read_json(path, METRICS).model_dump()
 
 
 def read_timings(folder) -> dict:

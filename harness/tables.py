@@ -159,6 +159,8 @@ def main(argv):
         signal.signal(signum, raise_stopped)
     try:
         make(argv)
+    except UnreadableRun as error:  # a record, timings or document it cannot use: nothing was written
+        sys.exit(f"error: {error}")
     except KeyboardInterrupt as stop:
         print(
             f"{str(stop) or 'stopped (Ctrl-C)'}: each document is as it was or whole (each is written by renaming).",
@@ -171,18 +173,13 @@ def make(argv):
     parser = argparse.ArgumentParser(prog="python3 tasks.py tables", description="README's and docs' generated tables.")
     parser.add_argument("--write", action="store_true", help="write them into the documents (else print them)")
     write = parser.parse_args(argv).write
-    try:
-        tables = readme_tables()
-    except UnreadableRun as error:
-        sys.exit(f"error: {error}")
+    tables = readme_tables()
     if not write:
         for name, made in tables.items():
             print(f"<!-- table: {name} -->\n{made}\n<!-- end: {name} -->\n")
         return
-    try:  # every document is checked before any is written
-        made = {doc: with_tables((REPO / doc).read_text(), tables, doc) for doc in DOCUMENTS if (REPO / doc).exists()}
-    except UnreadableRun as error:
-        sys.exit(f"error: {error}")
+    # every document is checked before any is written
+    made = {doc: with_tables((REPO / doc).read_text(), tables, doc) for doc in DOCUMENTS if (REPO / doc).exists()}
     for document, text in made.items():
         write_text(REPO / document, text)
     print(f"wrote {len(tables)} tables into {', '.join(DOCUMENTS)}")
