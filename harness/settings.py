@@ -3,9 +3,9 @@ of a record made before it existed); `read` checks the parameters cell and `VAE_
 each refusal a `SettingsError` of one line; `complete` reads a saved run's settings with today's declaration."""
 
 import hashlib
-import math
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -51,8 +51,8 @@ class Setting:
     def check(self, value) -> bool:
         if type(value) is not type(self.default):
             return False
-        if isinstance(value, float):  # the default (the spec's value) and (low, high]
-            return value == self.default or (math.isfinite(value) and self.low < value <= self.high)
+        if isinstance(value, float):  # the default (the spec's value), or in (low, high] (NaN is not) and normal
+            return value == self.default or (self.low < value <= self.high and abs(value) >= TINY)
         if isinstance(value, int) and not isinstance(value, bool):
             return self.low <= value and (self.high is None or value <= self.high)
         if self.choices:
@@ -100,6 +100,7 @@ RESUME_MAY_CHANGE = {"epochs", "iw_samples"}  # evaluation-only or the length of
 TRAINING = {"epochs", "batch_size", "lr", "adam_eps", "lr_schedule", "objective", "gradient", "train_samples", "beta",
             "kl_warmup"}  # fmt: skip
 PATHS = ("weights", "results_dir", "data_dir")  # relative to the repository in the notebook
+TINY = sys.float_info.min  # the smallest normal float: the kernel flushes smaller ones (subnormals) to 0
 MAX_TRAIN_ROWS = 2**16  # decoder rows per training step (train_samples x batch_size): about 1.5 GB
 
 
@@ -218,7 +219,9 @@ def read(parameters=None, environ=None, source="the parameters cell") -> SimpleN
     for name, value in values.items():
         if not SETTINGS[name].check(value):
             where = sources.get(name, "the default")
-            raise SettingsError(f"{name} must be {SETTINGS[name].accepts}; got {value!r} (from {where}).")
+            tiny = isinstance(value, float) and 0 < value < TINY
+            tiny = ", below the smallest normal float (2.2e-308), which a kernel reads as 0" if tiny else ""
+            raise SettingsError(f"{name} must be {SETTINGS[name].accepts}; got {value!r}{tiny} (from {where}).")
     settings = SimpleNamespace(**values)
     check_combination(settings)
     if settings.device != "auto":
