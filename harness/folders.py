@@ -81,9 +81,11 @@ def results_folder(settings) -> Path:
         asked, named = Path(settings.results_dir).expanduser(), f"results_dir={settings.results_dir}"
     else:
         spec_record = is_spec_run(settings) and not settings.name
-        asked = record_or_elsewhere() if spec_record else RUNS / (settings.name or run_name(settings))
+        asked = RECORD if spec_record else RUNS / (settings.name or run_name(settings))
         named = "the spec's run" if spec_record else f"name={settings.name or run_name(settings)}"
     where = (REPO / asked).resolve()
+    if where == RECORD and is_spec_run(settings):  # results/ by default, by name or through a link
+        where = record_or_elsewhere()
     study = where.relative_to(STUDY_RECORD).parts if where.is_relative_to(STUDY_RECORD) else ()
     planned = STUDIES.get(study[0], {}).get(study[1]) if len(study) == 2 else None
     if (
@@ -93,8 +95,9 @@ def results_folder(settings) -> Path:
         or (where.is_relative_to(RUNS.resolve()) and where != RUNS.resolve())
     ):
         return where
+    said = named if named.endswith(f"={where}") else f"{named} is {where}"  # and where it leads: `..`, a link
     raise SettingsError(
-        f"{named} is {where}: inside the repository a run writes only under runs/ "
+        f"{said}: inside the repository a run writes only under runs/ "
         f"({'results/ is the record of the spec run' if where.is_relative_to(RECORD) else 'the rest is the code'}). "
         f"Leave results_dir empty (this run then goes to runs/{run_name(settings)}/), or choose a folder "
         "under runs/ or outside the repository."

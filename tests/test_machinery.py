@@ -92,7 +92,7 @@ def test_a_new_setting_with_a_default_edits_no_record_and_changes_no_table(tmp_p
     assert status.split() == ["M", "harness/settings.py"]  # and no committed record was touched
 
 
-def test_the_spec_run_on_another_cpu_than_the_records_goes_to_runs_and_says_so(monkeypatch, capsys):
+def test_the_spec_run_on_another_cpu_than_the_records_goes_to_runs_and_says_so(monkeypatch, capsys, tmp_path):
     record = files.read_metrics(folders.RECORD)
     assert not fingerprint.changes(record["code"], fingerprint.code_of()), "results/ is not this code's run"
     monkeypatch.setattr(folders, "cpu_name", lambda: record["provenance"]["cpu"])  # the record's own machine
@@ -103,4 +103,8 @@ def test_the_spec_run_on_another_cpu_than_the_records_goes_to_runs_and_says_so(m
     said = capsys.readouterr().out
     assert re.fullmatch(r"results/ holds this code's spec run from another CPU \(.+\); this one \(Another CPU @ "
                         r"3.0GHz\) goes to runs/spec-Another-CPU-3.0GHz/\n", said), said  # fmt: skip
+    (tmp_path / "to-results").symlink_to(folders.RECORD)
+    for named in ("results", "runs/../results", str(folders.RECORD), str(tmp_path / "to-results")):  # asked for
+        spec = folders.resolve(None, {"VAE_RESULTS_DIR": named}, claim_folder=False)
+        assert spec.results_dir == "runs/spec-Another-CPU-3.0GHz", named
     assert folders.resolve(None, {"VAE_EPOCHS": "2"}, claim_folder=False).results_dir == "runs/epochs=2"
