@@ -24,6 +24,7 @@ whose speed drifts; the table gives each ratio's median and its range over the r
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -219,4 +220,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (KeyboardInterrupt, headless.RunFailed, mnist.MNISTUnavailableError) as error:  # one line, no traceback
+        stop = isinstance(error, KeyboardInterrupt) or getattr(error, "code", 0) > 128  # Ctrl-C, or a run's stop
+        kept = f"{RESULTS.relative_to(REPO)} is as it was."
+        sys.exit(f"stopped: {kept}" if stop else f"error: {error}\n{kept}")
