@@ -160,6 +160,9 @@ def check_folder(settings, folder: Path):
         if folder == RECORD:  # the record of the spec run, of older code: the spec's run makes it anew
             return
         raise SettingsError(f"{error} Delete it to start afresh, or choose another name or results_dir.") from None
+    if previous and previous["finished"] and folder.is_relative_to(STUDY_RECORD):  # only a study adds to a study
+        raise SettingsError(f"{shown(folder)} holds a finished run of a committed study: it is kept (its study keeps "
+                            "it too). Choose another name or results_dir.")  # fmt: skip
     code = fingerprint.code_of()
     may_change = RESUME_MAY_CHANGE if settings.resume or not previous else {"epochs"}  # an evaluation stays as it is
     fixed = [name for name in SPEC if name not in may_change]

@@ -43,7 +43,16 @@ def test_a_study_run_may_write_its_own_folder_and_nothing_else():
     assert load(VAE_SEED="1", VAE_RESULTS_DIR=str(REPO / "results/studies/seeds/seed1")).seed == 1
     with pytest.raises(settings.SettingsError, match="writes only under runs/"):  # seed1's folder, seed 2's settings
         load(VAE_SEED="2", VAE_RESULTS_DIR=str(REPO / "results/studies/seeds/seed1"))
-    assert load(VAE_RESULTS_DIR=str(REPO / "results")).results_dir == "results"  # the spec's run, named
+    assert load(VAE_RESULTS_DIR=str(REPO / "results")).results_dir == load().results_dir  # the spec's run, named
+
+
+@pytest.mark.parametrize("run", ["seeds/seed1", "dreg540/iwae5_dreg"])  # made before fingerprints, by this code
+def test_a_committed_study_runs_finished_record_is_kept_from_a_run_given_its_folder(run):
+    folder = REPO / "results/studies" / run
+    saved = files.read_metrics(folder)["settings"]
+    given = {f"VAE_{k.upper()}": str(v) for k, v in saved.items() if k in settings.SPEC}  # the run's own settings
+    with pytest.raises(settings.SettingsError, match=f"studies/{run} holds a finished run of a committed study"):
+        folders.check_folder(load(**given, VAE_RESULTS_DIR=str(folder)), folder)
 
 
 def test_a_results_folder_that_cannot_be_made_is_refused_in_one_line_in_the_systems_words(tmp_path):
