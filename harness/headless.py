@@ -66,8 +66,8 @@ class LiveClient(nbclient.NotebookClient):  # echoes each section and printed li
     def stop(self, signum):
         """First signal: interrupt the kernel (the training cell rolls back and ends). Second: kill it."""
         first, self.signum = self.signum is None, signum
-        if self.kc is None:  # still starting: `stop_if_signalled` ends the run when it is up
-            return
+        if self.kc is None or (first and self.cell_index is None):  # starting (an interrupt would hit its imports,
+            return  # a traceback): `stop_if_signalled` ends the run before its first cell
         if first:
             self.stopping = asyncio.ensure_future(self.interrupt_until_stopped())
         else:

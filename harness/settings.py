@@ -206,8 +206,7 @@ def read(parameters=None, environ=None, source="the parameters cell") -> SimpleN
     """The run's settings, checked: the defaults, the parameters cell's values (`parameters`: the notebook's
     `globals()`, of which only settings are read), then `VAE_<NAME>` variables. `source` names them in an error."""
     environ = os.environ if environ is None else environ
-    values = {name: s.default for name, s in SETTINGS.items()}
-    sources = {}
+    values, sources = {name: s.default for name, s in SETTINGS.items()}, {}
     for name, value in (parameters or {}).items():
         if name in SETTINGS:
             values[name] = typed(name, value)
@@ -219,8 +218,7 @@ def read(parameters=None, environ=None, source="the parameters cell") -> SimpleN
     for name, value in values.items():
         if not SETTINGS[name].check(value):
             where = sources.get(name, "the default")
-            tiny = isinstance(value, float) and 0 < value < TINY
-            tiny = ", below the smallest normal float (2.2e-308), which a kernel reads as 0" if tiny else ""
+            tiny = ", subnormal: a kernel reads it as 0" if isinstance(value, float) and 0 < value < TINY else ""
             raise SettingsError(f"{name} must be {SETTINGS[name].accepts}; got {value!r}{tiny} (from {where}).")
     settings = SimpleNamespace(**values)
     check_combination(settings)

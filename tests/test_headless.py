@@ -5,6 +5,7 @@ settings, through `headless.execute` or through `python3 tasks.py run`, and chec
 sees: the files, the messages, the exit status, and that nothing of a stopped run goes on.
 """
 
+import contextlib
 import copy
 import json
 import os
@@ -261,6 +262,24 @@ def test_ctrl_c_before_the_kernel_starts_ends_in_one_line(quick_env, tmp_path):
     out, err = run.communicate(timeout=60)
     assert run.returncode == 130 and "Traceback" not in out + err, err
     assert err.strip().endswith("nothing was written.") and len(err.strip().splitlines()) == 1
+
+
+def test_ctrl_c_while_the_kernel_starts_ends_in_one_line_and_leaves_no_kernel(quick_env, tmp_path):
+    run = start(quick_env, tmp_path / "run")
+
+    def a_kernel_starts():
+        with contextlib.suppress(psutil.Error):  # a short-lived child gone while it is read
+            return any("ipykernel" in " ".join(p.cmdline()) for p in the_run(run))
+
+    wait_until(a_kernel_starts, 120)
+    time.sleep(0.1)  # nbclient has a client for the kernel, which is still loading IPython
+    processes = the_run(run)
+    os.killpg(run.pid, signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and "Traceback" not in out + err, err
+    assert err.strip() == "stopped (Ctrl-C): the kernel is shut down; no epoch had finished, so there is no checkpoint."
+    psutil.wait_procs(processes, timeout=10)
+    assert not any(p.is_running() for p in processes), "something of the run outlived it"
 
 
 def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_process(quick_env, tmp_path):

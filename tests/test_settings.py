@@ -54,7 +54,7 @@ def test_the_environment_wins_over_the_parameters_cell_which_wins_over_the_defau
         ({"VAE_LR_SCHEDULE": "cosine"}, "lr_schedule must be constant or burda; got 'cosine'"),
         ({"VAE_BETA": "0"}, "beta must be a number > 0 and <= 100"),
         ({"VAE_BETA": "inf"}, "beta must be a number > 0 and <= 100"),
-        ({"VAE_BETA": "1e-320"}, "got 1e-320, below the smallest normal float (2.2e-308), which a kernel reads as 0"),
+        ({"VAE_BETA": "1e-320"}, "got 1e-320, subnormal: a kernel reads it as 0 (from VAE_BETA)"),
         ({"VAE_KL_WARMUP": "-1"}, "kl_warmup must be a whole number of epochs from 0 to epochs"),
         ({"VAE_KL_WARMUP": "30"}, "kl_warmup=30 is longer than the run (epochs=20)"),
         ({"VAE_TRAIN_SIZE": "5", "VAE_TRAIN_SAMPLES": "5"}, "train_samples=5 is the k of the iwae objective"),
