@@ -95,7 +95,7 @@ def results_folder(settings) -> Path:
         or (where.is_relative_to(RUNS.resolve()) and where != RUNS.resolve())
     ):
         return where
-    said = named if named.endswith(f"={where}") else f"{named} is {where}"  # and where it leads: `..`, a link
+    said = named if settings.results_dir == str(where) else f"{named} is {where}"  # and where it leads: `..`, a link
     raise SettingsError(
         f"{said}: inside the repository a run writes only under runs/ "
         f"({'results/ is the record of the spec run' if where.is_relative_to(RECORD) else 'the rest is the code'}). "
