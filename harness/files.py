@@ -6,8 +6,7 @@
                  `read_metrics`, its one reader: a record is read with today's settings (`settings.complete`).
 * checkpoints -- `save_checkpoint` / `load_checkpoint` and `save_weights` / `load_weights`: a file that
                  does not load or does not fit is a `CheckpointError` of one line naming it and why.
-* the lock    -- `lock_folder`: one writer per run folder, held until the process ends (`filelock`:
-                 the operating system's lock on every platform).
+* the lock    -- `lock_folder`: one writer per run folder, held until the process ends (`filelock`, an OS lock).
 """
 
 import io
@@ -179,8 +178,10 @@ def save_weights(path, model) -> Path:
 def load_weights(path, model=None) -> dict:
     """A state dict of finite tensors written by `save_weights` (loaded into `model`), or CheckpointError."""
     weights = safe_load(path, f"weights={path}")
-    if not isinstance(weights, dict) or not weights or not all(isinstance(t, torch.Tensor) for t in weights.values()):
-        raise CheckpointError(f"weights={path} is not a weights file (a state dict of tensors).")
+    tensors = list(weights.values()) if isinstance(weights, dict) else [None]
+    dense = [isinstance(t, torch.Tensor) and t.layout == torch.strided and t.device.type == "cpu" for t in tensors]
+    if not tensors or not all(dense) or any(t.is_quantized for t in tensors):  # sparse, meta: no VAE's state
+        raise CheckpointError(f"weights={path} is not a weights file (a state dict of dense tensors).")
     bad = [name for name, t in weights.items() if t.is_floating_point() and not t.isfinite().all()]
     if bad:
         raise CheckpointError(f"weights={path} holds NaN or infinite values (in {bad[0]}): a diverged run's.")
@@ -198,7 +199,7 @@ def check_weights(weights: dict, model, path):
         diff = sorted(set(found) ^ set(expected)) or [
             f"{n} {found[n]} instead of {expected[n]}" for n in expected if found[n] != expected[n]
         ]
-        raise CheckpointError(f"{path} holds another model: {', '.join(map(str, diff[:4]))} (another latent_dim?).")
+        raise CheckpointError(f"{path} holds another model: {', '.join(map(str, diff[:4]))}.")
 
 
 # ---- one writer per run folder ---------------------------------------------------------------

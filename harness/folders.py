@@ -40,8 +40,9 @@ def resolve(parameters=None, environ=None, claim_folder=True, source="the parame
             mu = files.load_weights(REPO / s.weights).get("fc_mu.bias")  # the VAE's mean head: latent_dim outputs
         except files.CheckpointError as error:
             raise SettingsError(str(error)) from None
-        if mu is not None and len(mu) != s.latent_dim:
-            raise SettingsError(f"weights={s.weights} hold a model of latent_dim={len(mu)}: set latent_dim to that.")
+        if mu is not None and mu.shape != (s.latent_dim,):
+            size = len(mu) if mu.dim() == 1 else tuple(mu.shape)  # a VAE's mean head has latent_dim outputs
+            raise SettingsError(f"weights={s.weights} hold a model of latent_dim={size}: set latent_dim to that.")
     try:  # the system's own words where a folder cannot be: not writable, a name too long, not a folder
         folder = results_folder(s)
         s.results_dir = shown(folder)

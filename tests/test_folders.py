@@ -210,6 +210,9 @@ def test_weights_holding_nan_or_of_another_latent_size_are_refused_before_any_fo
     weights = files.save_weights(tmp_path / "trained" / "vae.pt", model)
     with pytest.raises(settings.SettingsError, match=r"hold a model of latent_dim=5: set latent_dim to that"):
         claim(VAE_WEIGHTS=str(weights), VAE_RESULTS_DIR=str(tmp_path / "run"))
+    scalar = files.save_checkpoint(tmp_path / "scalar.pt", {"fc_mu.bias": torch.tensor(1.0)})  # no latent size
+    with pytest.raises(settings.SettingsError, match=r"hold a model of latent_dim=\(\): set latent_dim to that"):
+        claim(VAE_WEIGHTS=str(scalar), VAE_RESULTS_DIR=str(tmp_path / "run"))
     with torch.no_grad():
         model.fc_mu.weight[0, 0] = float("nan")
     files.save_weights(weights, model)

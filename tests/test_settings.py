@@ -121,8 +121,19 @@ def test_headless_passes_the_spec_runs_machine_settings_as_variables_and_an_expe
     )
 
 
-def test_a_weights_file_that_is_not_one_is_refused_before_any_folder_is_made(tmp_path):
-    files.save_checkpoint(tmp_path / "vae.pt", {"model": [1, 2]})
+@pytest.mark.filterwarnings("ignore")  # torch's on loading sparse and making quantised tensors
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        lambda: [1, 2],  # not a tensor
+        lambda: torch.eye(3).to_sparse(),
+        lambda: torch.zeros(3, device="meta"),
+        lambda: torch.quantize_per_tensor(torch.zeros(3), 0.1, 0, torch.quint8),
+    ],
+    ids=["list", "sparse", "meta", "quantised"],
+)
+def test_a_weights_file_that_is_not_one_is_refused_before_any_folder_is_made(tmp_path, tensor):
+    files.save_checkpoint(tmp_path / "vae.pt", {"model": tensor()})
     with pytest.raises(settings.SettingsError, match="is not a weights file"):
         claim(VAE_WEIGHTS=str(tmp_path / "vae.pt"), VAE_RESULTS_DIR=str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
