@@ -1,9 +1,7 @@
 """The files of a run's folder, written safely and read with suspicion.
 
-* writes      -- `write_text`, `write_json`, `save_checkpoint` through `vae_utils.atomic_path`: a
-                 temporary file renamed into place, so a stopped run never leaves a half-written file.
-* records     -- `Record`, the one schema of metrics.json (settings, code, history, evaluation), and
-                 `read_metrics`, its one reader: a record is read with today's settings (`settings.complete`).
+* writes      -- `write_text`, `write_json`, `save_checkpoint`: a temporary file renamed into place (`atomic_path`).
+* records     -- `Record` and `Checkpoint`, the schemas of metrics.json and checkpoint.pt, read with today's settings.
 * checkpoints -- `save_checkpoint` / `load_checkpoint` and `save_weights` / `load_weights`: a file that
                  does not load or does not fit is a `CheckpointError` of one line naming it and why.
 * the lock    -- `lock_folder`: one writer per run folder, held until the process ends (`filelock`, an OS lock).
@@ -67,17 +65,10 @@ class Evaluation(Part):  # the notebook's last cells
     kl_per_dimension: list[float] = []
 
 
-class Record(Part):
-    """metrics.json. `code` is None for a run made before runs recorded their code."""
-
+class Run(Part):  # what a record and a checkpoint share. `code` is None for a run made before runs recorded it
     settings: dict
     code: dict | None = None
-    provenance: dict = {}
-    finished: bool
-    epochs: list[Epoch]
     resumed: list = []
-    test_loss: float
-    evaluation: Evaluation
 
     @pydantic.field_validator("settings")
     @classmethod
@@ -86,6 +77,27 @@ class Record(Part):
         if wrong:
             raise ValueError(", ".join(wrong[:3]))
         return settings.complete(saved)
+
+
+class Record(Run):  # metrics.json
+    provenance: dict = {}
+    finished: bool
+    epochs: list[Epoch]
+    test_loss: float
+    evaluation: Evaluation
+
+
+class Checkpoint(Run, arbitrary_types_allowed=True):  # checkpoint.pt, as `TrainingRun.state` writes it
+    epoch: int
+    metrics: list[Epoch]
+    model: dict
+    optimizer: dict
+    rng: torch.Tensor
+
+    @pydantic.model_validator(mode="after")
+    def one_row_per_epoch(self):
+        assert self.epoch == len(self.metrics) >= 1, f"epoch {self.epoch} with {len(self.metrics)} rows of metrics"
+        return self
 
 
 METRICS = pydantic.TypeAdapter(Record)  # metrics.json
@@ -101,9 +113,12 @@ def read_json(path: Path, schema: pydantic.TypeAdapter):
     except OSError as error:
         raise UnreadableRun(f"{path} cannot be read ({error}).") from None
     except pydantic.ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(map(str, first["loc"])) or "the file"
-        raise UnreadableRun(f"{path} is not a whole record: {where}: {first['msg']}.") from None
+        raise UnreadableRun(f"{path} is not a whole record: {first_fault(error)}.") from None
+
+
+def first_fault(error: pydantic.ValidationError) -> str:
+    first = error.errors()[0]
+    return f"{'.'.join(map(str, first['loc'])) or 'the file'}: {first['msg']}"
 
 
 def read_metrics(folder, missing_ok=False):
@@ -124,11 +139,8 @@ class CheckpointError(OneLine, RuntimeError):
 
 
 def save_checkpoint(path, state: dict) -> Path:
-    """torch.save to a temporary file, then rename: the previous checkpoint survives a crash.
-
-    Saved through a buffer, so the archive's inner name is always the same: the same state gives
-    the same bytes (a re-run with the same numbers does not rewrite a committed vae.pt).
-    """
+    """torch.save to a temporary file, then rename: the previous checkpoint survives a crash. Through a buffer, so
+    the archive's inner name is fixed: the same state gives the same bytes (a committed vae.pt is not rewritten)."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     with atomic_path(path) as tmp:
@@ -143,11 +155,8 @@ def safe_load(path, what):
     except Exception as error:  # noqa: BLE001 -- whatever torch.load raised, the file is unusable
         named = re.search(r"GLOBAL ([\w.]+)", str(error))  # torch's advice to load it unsafely is not repeated
         first = re.split(r"(?<=\.) ", (str(error).splitlines() or ["empty or cut short"])[0])[0]  # its first sentence
-        reason = (  # torch's own words are cryptic for a file it did not write ("KeyError: 105" for text)
-            f"it names the Python object {named[1]} (refused unread)"
-            if named
-            else f"not a whole file written by torch.save ({type(error).__name__}: {first})"
-        )
+        reason = f"it names the Python object {named[1]} (refused unread)" if named else ""  # torch's own words
+        reason = reason or f"not a whole file written by torch.save ({type(error).__name__}: {first})"  # are cryptic
         raise CheckpointError(f"{what} cannot be used: {reason[:200]}") from None
 
 
@@ -155,16 +164,10 @@ def load_checkpoint(path, model=None) -> dict:
     """A checkpoint written by `TrainingRun`, its settings completed (and with `model`: of its shapes)."""
     state = safe_load(path, f"the checkpoint {path}")
     try:
-        state["settings"] = settings.complete(state["settings"])
-        wrong = settings.wrong(state["settings"])
-        assert state["epoch"] == len(state["metrics"]) >= 1, f"epoch {state['epoch']}, {len(state['metrics'])} rows"
-        assert not wrong, ", ".join(wrong)
-        state.setdefault("code", None)
-        state.setdefault("machine", None)
-        for key in ("model", "optimizer", "rng", "resumed"):
-            state[key]
-    except (AssertionError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{path} is not a checkpoint of this notebook: {type(error).__name__} {error}") from None
+        checked = Checkpoint.model_validate(state)
+    except pydantic.ValidationError as error:
+        raise CheckpointError(f"{path} is not a checkpoint of this notebook: {first_fault(error)}.") from None
+    state = {**state, "settings": checked.settings, "code": checked.code}
     if model is not None:
         check_weights(state["model"], model, path)
     return state
@@ -211,13 +214,10 @@ HELD = {}  # folder -> its held filelock: kept (and locked) for as long as this 
 
 
 def lock_folder(folder: Path, alone=True) -> None:
-    """Take the run folder's lock (an OS lock on `folder/.lock`) for the rest of this process.
-
-    The operating system releases it when the process ends, however it ends: a killed run leaves
-    no stale lock. Taking it again in the same process (a notebook cell run twice) is a no-op; with
-    `alone`, the process gives up the others it holds (a notebook whose settings changed). Another
-    process's lock raises `FolderInUse` naming that process (from `folder/.lock.owner`).
-    """
+    """Take the run folder's lock (an OS lock on `folder/.lock`) for the rest of this process: the system releases
+    it however the process ends, so a killed run leaves no stale lock. Taken again in this process (a cell run twice):
+    a no-op; with `alone`, the process gives up the others it holds (a notebook whose settings changed). Another
+    process's lock raises `FolderInUse` naming that process (from `folder/.lock.owner`)."""
     folder = Path(folder).resolve()
     if folder in HELD and (folder / ".lock").exists():  # a deleted folder takes its lock with it
         return

@@ -47,6 +47,10 @@ def test_every_wrong_checkpoint_is_refused_in_one_line_naming_it_and_runs_no_cod
         "missing keys": {"weights": torch.zeros(3)},
         "metrics of another length": {**good, "metrics": []},
         "a setting out of range": {**good, "settings": {**good["settings"], "epochs": 0}},
+        "settings that are text": {**good, "settings": "seed=0"},
+        "a history row of text": {**good, "metrics": [{**good["metrics"][0], "test_recon": "x"}, *good["metrics"][1:]]},
+        "a history that is no list": {**good, "metrics": {"epoch": 1}, "epoch": 1},
+        "a generator state that is text": {**good, "rng": "abc"},
         "truncated": None,
     }
     for name, content in cases.items():
