@@ -23,6 +23,7 @@ whose speed drifts; the table gives each ratio's median and its range over the r
 
 import argparse
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from harness import REPO, headless, mnist
+from harness import REPO, STOPS, headless, mnist, raise_stopped
 from harness.files import read_metrics, write_json
 from harness.provenance import cpu_name
 from harness.tables import BENCHMARK, benchmark_table
@@ -104,12 +105,20 @@ def this_repo(epochs, data_dir, k=1, gradient="plain"):
         if k > 1:
             parameters.update(objective="iwae", train_samples=k, train_size=IWAE_IMAGES, gradient=gradient)
         started = time.perf_counter()
-        headless.execute(parameters, echo=lambda text: None)
+        try:
+            headless.execute(parameters, echo=lambda text: None)
+        finally:
+            stops_in_one_line()  # the run's event loop left SIGTERM and SIGHUP at their defaults (a silent end)
         wall = time.perf_counter() - started
         metrics = read_metrics(results)
     for row in metrics["epochs"]:
         print(f"  this repo (k = {k}) epoch {row['epoch']}: {row['train_loss']:.2f} train loss, {row['seconds']:.2f} s")
     return [row["seconds"] for row in metrics["epochs"]], metrics["test_loss"], wall
+
+
+def stops_in_one_line():  # Ctrl-C, SIGTERM or SIGHUP raises `Stopped`: the command ends in its one line
+    for signum in STOPS:
+        signal.signal(signum, raise_stopped)
 
 
 def gemm_floor(n_train=60_000, batch=128, k=1):
@@ -220,9 +229,11 @@ def main():
 
 
 if __name__ == "__main__":
+    stops_in_one_line()
     try:
         main()
     except (KeyboardInterrupt, headless.RunFailed, mnist.MNISTUnavailableError) as error:  # one line, no traceback
-        stop = isinstance(error, KeyboardInterrupt) or getattr(error, "code", 0) > 128  # Ctrl-C, or a run's stop
+        stop = isinstance(error, KeyboardInterrupt) or getattr(error, "code", 0) > 128  # a stop, or a run's stop
         kept = f"{RESULTS.relative_to(REPO)} is as it was."
-        sys.exit(f"stopped: {kept}" if stop else f"error: {error}\n{kept}")
+        print(f"stopped: {kept}" if stop else f"error: {error}\n{kept}", file=sys.stderr)
+        sys.exit(getattr(error, "code", 130) if stop else 1)  # 128 + the signal, as a run's stop
