@@ -29,6 +29,7 @@ from harness.settings import (
 RECORD = REPO / "results"  # the committed record of the spec run
 STUDY_RECORD = RECORD / "studies"  # the committed studies: results/studies/NAME/RUN/
 RUNS = REPO / "runs"  # every other run inside the repository, one folder each (ignored by git)
+CLAIMED = {}  # the settings this process last claimed its folder for: a kernel's settings cell as it last ran
 
 
 def resolve(parameters=None, environ=None, claim_folder=True, source="the parameters cell"):
@@ -64,6 +65,7 @@ def resolve(parameters=None, environ=None, claim_folder=True, source="the parame
         if claim_folder:
             files.lock_folder(folder)
             check_folder(s, folder)
+            CLAIMED.update(vars(s))  # every setting, each time
     except files.FolderInUse as error:
         raise SettingsError(str(error)) from None
     except OSError as error:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from harness import REPO, OneLine, Stopped, files, fingerprint
-from harness.folders import RECORD, other_code, weights_code
+from harness.folders import CLAIMED, RECORD, other_code, weights_code
 from harness.provenance import machine_of, provenance
 from harness.settings import SPEC
 
@@ -102,11 +102,14 @@ class TrainingRun:
         return run
 
     def check(self, model, optimizer):
-        """Refuse a model and optimiser that are not this run's (a cell run again alone), before any training."""
+        """Refuse a model, optimiser or settings (the cells read the latest) that are not the run's, before any work."""
         params = {id(p) for group in optimizer.param_groups for p in group["params"]}
         if model is not self.model or optimizer is not self.optimizer or params != {id(p) for p in model.parameters()}:
             raise RunRefused("the model and the optimiser are not the run's (a cell above was run again alone): "
                              "run the cells again from the model's cell on (or Run All).")  # fmt: skip
+        if changed := [f"{k} = {CLAIMED[k]!r}" for k, v in vars(self.settings).items() if CLAIMED.get(k, v) != v]:
+            raise RunRefused(f"the settings cell ran again since the run started, with {', '.join(changed)}: run the "
+                             "cells again from the optimiser's cell on (or Run All) for a run of these.")  # fmt: skip
 
     def code_now(self) -> dict:
         """The run's code as its cells have run by now (a cell edited and run since it started counts), its files

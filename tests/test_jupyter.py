@@ -280,6 +280,28 @@ def test_the_model_cell_run_again_alone_is_refused_before_any_training(kernel, u
     same(record(tmp_path / "run"), uninterrupted)
 
 
+def test_the_settings_cell_run_again_with_other_settings_keeps_the_old_run_from_training_or_recording(
+    mnist_root, tmp_path
+):
+    quick = {f"VAE_{name.upper()}": str(value) for name, value in QUICK.items() if name != "iw_samples"}
+    kernel = Kernel({**without_settings(), **quick, "VAE_EPOCHS": "1", "VAE_DATA_DIR": str(mnist_root)})
+    try:
+        assert not any("ename" in r for r in kernel.run_all(results_dir=str(tmp_path / "a")).values())
+        before = (tmp_path / "a" / "metrics.json").read_bytes()
+        edited = kernel.source("parameters") + f"\nresults_dir = {str(tmp_path / 'b')!r}\niw_samples = 7"
+        assert "ename" not in kernel.run("parameters", edited) and "ename" not in kernel.run("settings")
+        for cell in ("train-loop", "device", "evaluation", "metrics"):  # the cells below, as a person picks them
+            outcome = kernel.run(cell)
+            if cell in ("train-loop", "metrics"):  # the old run's: it would record iw_samples = 50 beside k = 7
+                assert outcome.get("ename") == "RunRefused" and "with iw_samples = 7, results_dir" in outcome["evalue"]
+        assert (tmp_path / "a" / "metrics.json").read_bytes() == before
+        assert "ename" not in kernel.run("optimizer")  # a run of the new settings, in its own folder
+        assert "ename" not in kernel.run("train-loop") and "ename" not in kernel.run("metrics")
+        assert json.loads((tmp_path / "b" / "metrics.json").read_text())["settings"]["iw_samples"] == 7
+    finally:
+        kernel.close()
+
+
 def test_a_cell_run_after_a_stop_keeps_the_training_cell_from_going_on_from_the_checkpoint(kernel, tmp_path):
     ids = [cell.get("id") for cell in kernel.cells]
     for cell in ids[: ids.index("train-loop")]:
