@@ -226,7 +226,7 @@ def keep(folder: Path, made: dict):
     """A run's files from its worker, written into `folder` atomically under the folder's lock."""
     files.check_free(folder)
     shutil.rmtree(folder, ignore_errors=True)  # a stopped run's leftovers: the finished run replaces them
-    files.lock_folder(folder, alone=False)
+    files.lock_folder(folder)
     try:
         metrics = json.loads(made["metrics.json"])
         metrics["settings"]["results_dir"] = shown(folder)  # where the record is, not the worker's scratch folder

@@ -213,16 +213,13 @@ class FolderInUse(RuntimeError):
 HELD = {}  # folder -> its held filelock: kept (and locked) for as long as this process lives
 
 
-def lock_folder(folder: Path, alone=True) -> None:
+def lock_folder(folder: Path) -> None:
     """Take the run folder's lock (an OS lock on `folder/.lock`) for the rest of this process: the system releases
     it however the process ends, so a killed run leaves no stale lock. Taken again in this process (a cell run twice):
-    a no-op; with `alone`, the process gives up the others it holds (a notebook whose settings changed). Another
-    process's lock raises `FolderInUse` naming that process (from `folder/.lock.owner`)."""
+    a no-op. Another process's lock raises `FolderInUse` naming that process (from `folder/.lock.owner`)."""
     folder = Path(folder).resolve()
     if folder in HELD and (folder / ".lock").exists():  # a deleted folder takes its lock with it
         return
-    if alone:
-        release_folders()
     folder.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(folder / ".lock", thread_local=False)
     try:
@@ -239,12 +236,11 @@ def lock_folder(folder: Path, alone=True) -> None:
 def check_free(folder: Path) -> None:
     """`FolderInUse` if another process holds the folder's lock; this process takes none."""
     if (Path(folder) / ".lock").exists() and Path(folder).resolve() not in HELD:
-        lock_folder(folder, alone=False)
+        lock_folder(folder)
         HELD.pop(Path(folder).resolve()).release(force=True)
 
 
-def release_folders() -> None:
-    """Give up every lock this process holds (a notebook that changes its results folder)."""
-    for lock in HELD.values():
-        lock.release(force=True)
-    HELD.clear()
+def release_folders(keep=()) -> None:
+    """Give up every lock this process holds but those of `keep` (a notebook that changes its results folder)."""
+    for folder in [folder for folder in HELD if folder not in keep]:
+        HELD.pop(folder).release(force=True)

@@ -62,9 +62,15 @@ def resolve(parameters=None, environ=None, claim_folder=True, source="the parame
         if not blocking.is_dir():
             raise SettingsError(f"data_dir={s.data_dir}: {blocking} is a file, so MNIST/raw cannot be made there. "
                                 "Choose a folder that holds, or can hold, MNIST/raw.")  # fmt: skip
-        if claim_folder:
-            files.lock_folder(folder)
-            check_folder(s, folder)
+        if claim_folder:  # the folder this kernel's run holds is given up only once the new one is checked
+            new, held = folder.resolve(), set(files.HELD)
+            files.lock_folder(new)
+            try:
+                check_folder(s, folder)
+            except SettingsError:
+                files.release_folders(keep=held)  # refused: what was held before stays held, and only that
+                raise
+            files.release_folders(keep=[new])
             CLAIMED.update(vars(s))  # every setting, each time
     except files.FolderInUse as error:
         raise SettingsError(str(error)) from None

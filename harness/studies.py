@@ -65,7 +65,7 @@ def run_study(name, runs=None, root=None, environ=None, echo=None, scheduler=Non
         echo(f"every run of study {name} uses {', '.join(f'{k}={v}' for k, v in machine.items())}")
     code, todo = fingerprint.code_of(), {}  # the notebook read whole, before the study's folder is claimed
     try:  # one writer per study, and none of its runs' folders written by another process
-        files.lock_folder(root, alone=False)
+        files.lock_folder(root)
         for run in runs:
             files.check_free(root / run)
     except files.FolderInUse as error:

@@ -116,10 +116,19 @@ def test_a_folder_in_use_by_another_process_is_refused_naming_it(folder):
     assert claim(**folder).results_dir == folder["VAE_RESULTS_DIR"]  # the OS released it: no stale lock
 
 
-def test_the_same_process_may_claim_its_folder_again_and_gives_up_the_old_one_for_a_new(tmp_path):
+def test_the_same_process_may_claim_its_folder_again_and_gives_up_the_old_one_for_a_new_only(tmp_path):
     claim(VAE_RESULTS_DIR=str(tmp_path / "a"))
     claim(VAE_RESULTS_DIR=str(tmp_path / "a"))  # a cell run twice
     claim(VAE_RESULTS_DIR=str(tmp_path / "b"))  # settings changed in the same kernel
+    assert list(files.HELD) == [(tmp_path / "b").resolve()]
+    files.write_json(tmp_path / "b" / "metrics.json", record(vars(load(VAE_RESULTS_DIR=str(tmp_path / "b")))))
+    files.write_json(tmp_path / "c" / "metrics.json", record(vars(load(VAE_LR="0.01"))))
+    for refused, lr in (("c", "0.001"), ("b", "0.01")):  # another run's folder; b's own, other settings: b stays held
+        with pytest.raises(settings.SettingsError, match="holds a run with other settings"):
+            claim(VAE_RESULTS_DIR=str(tmp_path / refused), VAE_LR=lr)
+        assert list(files.HELD) == [(tmp_path / "b").resolve()]
+    with holding_lock(tmp_path / "d"), pytest.raises(settings.SettingsError, match="is in use by"):
+        claim(VAE_RESULTS_DIR=str(tmp_path / "d"))
     assert list(files.HELD) == [(tmp_path / "b").resolve()]
     files.release_folders()
 
