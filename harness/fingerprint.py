@@ -106,7 +106,7 @@ def literal(node) -> bool:
 
 
 def notebook_in_use() -> Path:
-    """The notebook this kernel runs: Jupyter names it in JPY_SESSION_NAME (headless runs too)."""
+    """The notebook this kernel runs: Jupyter names it in JPY_SESSION_NAME (headless: a copy of the cells it runs)."""
     named = os.environ.get("JPY_SESSION_NAME", "")
     return Path(named) if named.endswith(".ipynb") and Path(named).is_file() else NOTEBOOK
 

@@ -2,11 +2,10 @@
 
     python -m harness.headless    # the settings come from the VAE_* environment variables
 
-The settings are checked (`folders.resolve`) before a kernel starts and reach the notebook as papermill's
-injected parameters; the spec's run re-executes the notebook in place (machine settings go as variables).
-The terminal shows each section and printed line as it comes; a failure ends in one line (the error, the
-cell, the executed notebook). A stop (Ctrl-C, SIGTERM, SIGHUP) interrupts the kernel, says what the
-checkpoint keeps, and exits with 128 + the signal.
+The settings are checked (`folders.resolve`) before a kernel starts and reach the notebook as papermill's injected
+parameters; the spec's run re-executes the notebook in place (machine settings go as variables). The terminal shows
+each section and printed line as it comes; a failure ends in one line (the error, the cell, the executed notebook). A
+stop (Ctrl-C, SIGTERM, SIGHUP) interrupts the kernel, says what the checkpoint keeps, and exits with 128 + the signal.
 """
 
 from harness import stopped_in_one_line
@@ -19,6 +18,7 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import nbclient
@@ -56,8 +56,7 @@ class LiveClient(nbclient.NotebookClient):  # echoes each section and printed li
         await super().async_start_new_kernel(**kwargs)
 
     async def _async_cleanup_kernel(self):
-        # A second stop kills the kernel while nbclient cleans up after the first; its exit hook would
-        # then clean up again and fail on the manager it has already let go of (a traceback at exit).
+        # A second stop kills the kernel mid-cleanup: nbclient's exit hook would clean up twice (a traceback).
         if self.km is not None:
             await super()._async_cleanup_kernel()
 
@@ -126,7 +125,6 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
     resolved = folders.resolve(parameters, environ={}, claim_folder=False, source=source)
     folder = REPO / resolved.results_dir
     kernel_env = {k: v for k, v in (os.environ if environ is None else environ).items() if not settings.is_variable(k)}
-    kernel_env["JPY_SESSION_NAME"] = str(NOTEBOOK)  # the notebook the kernel runs, as Jupyter names it
     nb, output, failed_output = prepare(parameters, resolved, folder, kernel_env, echo)
     client = LiveClient(
         nb,
@@ -138,10 +136,13 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
         extra_arguments=["--IPKernelApp.log_level=ERROR"],  # not the kernel's start-up warnings
         resources={"metadata": {"path": str(REPO)}},
     )
-    try:
-        client.execute(env=kernel_env)
-    except (KeyboardInterrupt, Exception) as error:  # noqa: BLE001 -- a cell failed, a stop, or the kernel died
-        raise failure(error, client, folder, failed_output) from None
+    with tempfile.TemporaryDirectory() as snapshot:  # the cells it runs, for its record (not an edit saved meanwhile)
+        kernel_env["JPY_SESSION_NAME"] = str(Path(snapshot) / NOTEBOOK.name)  # the notebook run, as Jupyter names it
+        nbformat.write(nb, kernel_env["JPY_SESSION_NAME"])
+        try:
+            client.execute(env=kernel_env)
+        except (KeyboardInterrupt, Exception) as error:  # noqa: BLE001 -- a cell failed, a stop, or the kernel died
+            raise failure(error, client, folder, failed_output) from None
     write_notebook(nb, output)
     failed_output.unlink(missing_ok=True)  # a failure (or stop) this run has got past
     return output

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import REPO, one_line, run_notebook, tasks, tracked_copy, wait_until, without_settings
-from harness import headless, settings
+from harness import fingerprint, headless, settings
 from harness.run import epoch_line
 
 pytestmark = pytest.mark.slow
@@ -345,6 +345,38 @@ def test_a_notebook_that_is_not_whole_json_is_named_in_one_line_by_every_command
         assert done.returncode == code and "Traceback" not in done.stderr, done.stderr
         assert f"{notebook} is not a whole notebook (JSONDecodeError: Expecting value: line" in one_line(done.stderr)
     assert not (copy / "runs").exists() and not (copy / "results" / "studies" / "seeds" / ".lock").exists()
+
+
+EDIT_AFTER_READING = """
+import json
+from harness import NOTEBOOK, headless
+read = headless.prepare
+def prepare(*args):  # the notebook is read; an edit is saved before the kernel gets to the run's start
+    made = read(*args)
+    nb = json.loads(NOTEBOOK.read_text())
+    for cell in nb["cells"]:
+        cell["source"] = "".join(cell["source"]).replace("linspace(0, 1, 10,", "linspace(0, 1, 12,")
+    NOTEBOOK.write_text(json.dumps(nb))
+    return made
+headless.prepare = prepare
+headless.main()
+"""
+
+
+def test_an_edit_saved_while_a_headless_run_starts_is_not_the_code_its_record_names(quick_env, tmp_path):
+    copy = tracked_copy(tmp_path)
+    env = {**quick_env, "VAE_EPOCHS": "1", "VAE_NAME": "edited"}
+    done = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", EDIT_AFTER_READING], cwd=copy, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    folder = copy / "runs" / "edited"
+    assert "linspace(0, 1, 10," in (folder / "Variational_autoencoder.ipynb").read_text()  # the cells that ran
+    ran = fingerprint.code_of(folder / "Variational_autoencoder.ipynb", root=copy)
+    for made in (json.loads((folder / "metrics.json").read_text()), torch.load(folder / "checkpoint.pt")):
+        assert fingerprint.changes(ran, made["code"]) == []
+    assert fingerprint.changes(ran, fingerprint.code_of(copy / "Variational_autoencoder.ipynb", root=copy)) == [
+        "the notebook's 'Interpolation'"
+    ]  # the edit was saved, and is not the code of that run
 
 
 def files_of(folder):

@@ -1,6 +1,9 @@
 """harness.settings: every setting checked before any work, each refusal naming the setting and
 what it accepts; headless runs pass them as the notebook's parameters."""
 
+from pathlib import Path
+
+import nbformat
 import pytest
 import torch
 
@@ -102,23 +105,25 @@ def test_headless_passes_the_spec_runs_machine_settings_as_variables_and_an_expe
     from harness import headless
 
     seen = []
-    monkeypatch.setattr(headless.LiveClient, "execute", lambda self, **kw: seen.append({**kw, "nb": self.nb}))
+
+    def execute(client, env):  # what the kernel would get; JPY_SESSION_NAME names the cells it runs, as they are
+        named = Path(env.pop("JPY_SESSION_NAME"))
+        assert named.name == headless.NOTEBOOK.name and nbformat.read(named, as_version=4).cells == client.nb.cells
+        seen.append({"env": env, "nb": client.nb})
+
+    monkeypatch.setattr(headless.LiveClient, "execute", execute)
     monkeypatch.setattr(headless, "write_notebook", lambda nb, path: seen[-1].update(path=path))
     quiet = {"environ": {"PATH": "x", "VAE_EPOCHS": "3"}, "echo": lambda text: None}
     headless.execute({"data_dir": str(tmp_path), "device": "cpu"}, **quiet)
     spec_run = seen[-1]
-    notebook = {"JPY_SESSION_NAME": str(headless.NOTEBOOK)}  # the notebook the kernel runs, named as Jupyter does
-    assert spec_run["env"] == {"PATH": "x", "VAE_DATA_DIR": str(tmp_path), "VAE_DEVICE": "cpu", **notebook}
+    assert spec_run["env"] == {"PATH": "x", "VAE_DATA_DIR": str(tmp_path), "VAE_DEVICE": "cpu"}
     assert not any("injected-parameters" in c.metadata.get("tags", []) for c in spec_run["nb"].cells)
     assert spec_run["path"] == headless.NOTEBOOK
     headless.execute({"data_dir": str(tmp_path), "epochs": 2, "name": "two"}, **quiet)
     experiment = seen[-1]
     (injected,) = [c for c in experiment["nb"].cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert "epochs = 2" in injected.source and f'results_dir = "{REPO / "runs" / "two"}"' in injected.source
-    assert (
-        experiment["env"] == {"PATH": "x", **notebook}
-        and experiment["path"] == REPO / "runs" / "two" / headless.NOTEBOOK.name
-    )
+    assert experiment["env"] == {"PATH": "x"} and experiment["path"] == REPO / "runs" / "two" / headless.NOTEBOOK.name
 
 
 @pytest.mark.filterwarnings("ignore")  # torch's on loading sparse and making quantised tensors
