@@ -25,12 +25,15 @@ from harness.settings import SETTINGS
 FILES = ("vae_utils.py",)
 LOADER = "harness/mnist.py: load_mnist"
 RAN = {}  # cell id -> the code this kernel last ran for it, in the order first run
+UNNAMED = []  # the code it ran without a cell id: every cell of a run by nbclient, papermill or nbval (or a console's)
 
 
 def remember(info):
     """IPython's `pre_run_cell` event: note the code of the cell about to run."""
     if getattr(info, "cell_id", None):
         RAN[info.cell_id] = info.raw_cell
+    else:
+        UNNAMED.append(info.raw_cell)
 
 
 def watch_kernel():
@@ -112,7 +115,7 @@ def notebook_in_use() -> Path:
 
 
 class NotANotebook(OneLine, ValueError):
-    """The notebook file is not a whole notebook: a merge conflict, or a save cut short."""
+    """The notebook file is not a whole notebook (a merge conflict, or a save cut short), or not the one run."""
 
 
 def cells_of(path, seconds=10.0) -> list:
@@ -145,6 +148,11 @@ def code_of(notebook=None, root=REPO, cells=None, files=None) -> dict:
     a cell run since counts as it ran, a file as the kernel imported it (an edit on disk changes neither).
     """
     cells, section, known = cells or cells_of(notebook or notebook_in_use()), "start", set()
+    held = {digest("".join(cell["source"])) for cell in cells if cell["cell_type"] == "code"}
+    if not RAN and (ran := [c for c in UNNAMED if not is_parameters(c) and digest(c) not in held]):  # no cell ids
+        raise NotANotebook(f"this kernel ran code that {notebook or notebook_in_use()} does not hold "
+                           f"({ran[0][:60]!r}), so a record would name the wrong code: save the notebook, run the "
+                           "notebook itself, or name the one it runs in the kernel's JPY_SESSION_NAME.")  # fmt: skip
     sections = {}
     for cell in cells:
         section = heading(cell) or section

@@ -251,6 +251,32 @@ def test_papermill_runs_an_experiment_into_its_own_folder_and_leaves_git_clean(m
         subprocess.run(["rm", "-rf", str(folder)], check=False)
 
 
+def test_papermill_on_an_edited_copy_of_the_notebook_records_the_copys_code_or_refuses_in_one_line(
+    mnist_root, tmp_path
+):
+    """A researcher's variant, run with papermill: the kernel cannot know which notebook it runs unless told."""
+    variant = nbformat.read(NOTEBOOK, as_version=4)
+    for cell in variant.cells:
+        cell.source = cell.source.replace("linspace(0, 1, 10,", "linspace(0, 1, 12,")
+    nbformat.write(variant, tmp_path / "variant.ipynb")
+    parameters = [f"-p {name} {value}" for name, value in {**QUICK, "epochs": 1, "data_dir": mnist_root}.items()]
+    for told in ({}, {"JPY_SESSION_NAME": str(tmp_path / "variant.ipynb")}):
+        results = tmp_path / ("told" if told else "untold")
+        run = subprocess.run(
+            [sys.executable, "-m", "papermill", "--no-progress-bar", str(tmp_path / "variant.ipynb"),
+             str(tmp_path / "out.ipynb"), *" ".join(parameters).split(), "-p", "results_dir", str(results)],
+            cwd=REPO, env={**without_settings(), **told}, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        if not told:  # refused at the record, which would have named the repository's notebook as its code
+            assert run.returncode != 0 and "NotANotebook: this kernel ran code that" in run.stderr
+            assert not (results / "metrics.json").exists()
+            continue
+        assert run.returncode == 0, run.stderr[-2000:]
+        made = json.loads((results / "metrics.json").read_text())["code"]
+        assert fingerprint.changes(fingerprint.code_of(tmp_path / "variant.ipynb"), made) == []
+        assert fingerprint.changes(fingerprint.code_of(NOTEBOOK), made) == ["the notebook's 'Interpolation'"]
+
+
 def test_an_edited_model_run_in_the_kernel_never_loads_the_old_weights(kernel, uninterrupted, tmp_path):
     tanh = kernel.source("vae-class").replace("nn.ReLU()", "nn.Tanh()")
     assert "ename" not in kernel.run("vae-class", tanh)  # edited and run, not saved: the kernel's code counts
