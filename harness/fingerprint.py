@@ -151,8 +151,8 @@ def code_of(notebook=None, root=REPO, cells=None, files=None) -> dict:
     held = {digest("".join(cell["source"])) for cell in cells if cell["cell_type"] == "code"}
     if not RAN and (ran := [c for c in UNNAMED if not is_parameters(c) and digest(c) not in held]):  # no cell ids
         raise NotANotebook(f"this kernel ran code that {notebook or notebook_in_use()} does not hold "
-                           f"({ran[0][:60]!r}), so a record would name the wrong code: save the notebook, run the "
-                           "notebook itself, or name the one it runs in the kernel's JPY_SESSION_NAME.")  # fmt: skip
+                           f"({ran[0][:60]!r}), so a record would name the wrong code: run the notebook itself (once "
+                           "saved, in a fresh kernel), or name the one run in JPY_SESSION_NAME.")  # fmt: skip
     sections = {}
     for cell in cells:
         section = heading(cell) or section

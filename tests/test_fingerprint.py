@@ -79,6 +79,20 @@ def test_in_a_kernel_a_cell_counts_as_it_was_last_run_and_a_cell_the_file_lacks_
     assert fingerprint.changes(saved, fingerprint.code_of()) == ["cells run that the notebook file does not hold"]
     fingerprint.remember(SimpleNamespace(cell_id=None, raw_cell="print(1)"))  # a console: no cell
     assert set(fingerprint.RAN) == {"vae-class", "a-note", "a-setting", "scratch"}
+    assert fingerprint.changes(saved, fingerprint.code_of()) == ["cells run that the notebook file does not hold"]
+
+
+def test_a_kernel_without_cell_ids_that_ran_code_the_notebook_lacks_refuses_to_name_its_code(monkeypatch):
+    saved = fingerprint.code_of()
+    for cell in nbformat.read(NOTEBOOK, as_version=4).cells:  # papermill, nbconvert or nbval: no ids
+        if cell.cell_type == "code":
+            fingerprint.remember(SimpleNamespace(cell_id=None, raw_cell=cell.source))
+    for note in ("# to try next: beta = 4", "epochs = 3"):  # papermill's injected cell gives settings values
+        fingerprint.remember(SimpleNamespace(cell_id=None, raw_cell=note))
+    assert fingerprint.changes(saved, fingerprint.code_of()) == []
+    fingerprint.remember(SimpleNamespace(cell_id=None, raw_cell="model.fc_mu.weight.data.zero_()"))  # a copy's cell
+    with pytest.raises(fingerprint.NotANotebook, match=r"ran code that .* does not hold \('model.fc_mu.weight"):
+        fingerprint.code_of()
 
 
 def test_a_runs_code_counts_each_cell_as_it_ran_and_each_file_as_the_kernel_imported_it(tmp_path, monkeypatch):
