@@ -1,5 +1,6 @@
 """The benchmark's command ends in one line whatever stops it, and leaves its committed figures as they were."""
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -40,8 +41,10 @@ def test_a_stop_during_the_benchmark_is_one_line_leaves_no_kernel_and_keeps_its_
         kernels = []
 
         def started():  # the notebook's run (the first contender) has started its kernel, or the baseline has begun
-            children = psutil.Process(bench.pid).children(recursive=True)
-            running = [p for p in children if "ipykernel" in " ".join(p.cmdline())]
+            running = []
+            for child in psutil.Process(bench.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):  # a child that has just ended (a zombie) has no command line
+                    running += [child] if "ipykernel" in " ".join(child.cmdline()) else []
             kernels.extend(p for p in running if p not in kernels)
             return during in out.read_text() and (running or signum != signal.SIGINT)
 
