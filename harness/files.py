@@ -167,7 +167,7 @@ def load_checkpoint(path, model=None) -> dict:
         checked = Checkpoint.model_validate(state)
     except pydantic.ValidationError as error:
         raise CheckpointError(f"{path} is not a checkpoint of this notebook: {first_fault(error)}.") from None
-    state = {**state, "settings": checked.settings, "code": checked.code}
+    state = {**state, "settings": checked.settings, "code": checked.code, "resumed": checked.resumed}  # defaults too
     if model is not None:
         check_weights(state["model"], model, path)
     return state

@@ -35,6 +35,9 @@ def test_a_checkpoint_round_trips(tmp_path):
     state = files.load_checkpoint(path)
     assert state["epoch"] == 3 and state["metrics"][0]["test_loss"] == 1.5
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    without = {k: v for k, v in checkpoint_state(load()).items() if k not in ("code", "resumed")}  # older ones
+    state = files.load_checkpoint(files.save_checkpoint(tmp_path / "older" / "checkpoint.pt", without))
+    assert state["code"] is None and state["resumed"] == []
 
 
 def test_every_wrong_checkpoint_is_refused_in_one_line_naming_it_and_runs_no_code(tmp_path):
