@@ -5,7 +5,8 @@ cell: the settings are recorded on their own), `vae_utils.py`, and the data load
 (how MNIST is fetched and verified changes no number: its files' checksums are fixed).
 Only code counts: comments, docstrings, blank lines, the notebook's prose and outputs change nothing.
 In a kernel, a cell counts as the kernel last ran it (Jupyter sends each cell's id with its code),
-so an edit that was run but not saved counts, and a cell the notebook file does not hold counts too.
+so an edit that was run but not saved counts, and a cell the notebook file does not hold counts too;
+a file counts as the kernel imported it (an edit saved since runs only once the kernel imports it again).
 """
 
 import ast
@@ -15,6 +16,7 @@ import io
 import json
 import os
 import re
+import sys
 import time
 import tokenize
 from pathlib import Path
@@ -26,6 +28,8 @@ FILES = ("vae_utils.py",)
 LOADER = "harness/mnist.py: load_mnist"
 RAN = {}  # cell id -> the code this kernel last ran for it, in the order first run
 UNNAMED = []  # the code it ran without a cell id: every cell of a run by nbclient, papermill or nbval (or a console's)
+IMPORTED = {}  # in a kernel: part -> (its digest, its module's functions' code) as the kernel imported the file
+NOTED = set()  # (part, digest) of the edits on disk this kernel has said it does not run
 
 
 def remember(info):
@@ -45,6 +49,29 @@ def watch_kernel():
     shell = get_ipython()
     if shell is not None and remember not in shell.events.callbacks["pre_run_cell"]:
         shell.events.register("pre_run_cell", remember)
+        files_as_run(REPO, at_import=True)  # now, just after the first cell imported them
+
+
+def files_as_run(root, at_import=False) -> dict:
+    """The digests of `vae_utils.py` and the loader. In a kernel (`watch_kernel`), as it imported them: Python
+    runs a module as it was read at import, so an edit saved since counts only once the module is imported
+    again (a restarted kernel; importlib.reload or %autoreload, which give its functions new code)."""
+    parts = {}
+    for part, module, path in [*((name, sys.modules.get(Path(name).stem), Path(root) / name) for name in FILES),
+                               (LOADER, mnist, Path(mnist.__file__))]:  # fmt: skip
+        code = [f.__code__ for f in getattr(module, "__dict__", {}).values() if inspect.isfunction(f)]
+        kept, ran = IMPORTED.get(part, (None, []))
+        if kept and [*map(id, ran)] == [*map(id, code)] and Path(module.__file__).resolve() == path.resolve():
+            if part in FILES and (now := digest(path.read_text())) != kept and (part, now) not in NOTED:
+                NOTED.add((part, now))
+                print(f"note: {part} was saved after this kernel imported it, so the kernel runs (and a record names) "
+                      "the code it imported: restart the kernel to run the edit.")  # fmt: skip
+            parts[part] = kept
+            continue
+        parts[part] = digest(inspect.getsource(mnist.load_mnist) if part == LOADER else path.read_text())
+        if code and (at_import or part in IMPORTED):  # (imported again: as it is now)
+            IMPORTED[part] = (parts[part], code)
+    return parts
 
 
 def digest(code: str) -> str:
@@ -126,6 +153,9 @@ def cells_of(path, seconds=10.0) -> list:
     while True:
         try:
             return json.loads(Path(path).read_text())["cells"]
+        except OSError as error:  # gone or unreadable: reading again mends nothing
+            raise NotANotebook(f"{path} cannot be read ({error.strerror or error}): `python3 tasks.py restore` "
+                               "brings back the committed one.") from None  # fmt: skip
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             if time.monotonic() > deadline:
                 raise NotANotebook(f"{path} is not a whole notebook ({type(error).__name__}: {error}): a merge "
@@ -141,25 +171,29 @@ def heading(cell) -> str | None:
     return source.splitlines()[0].lstrip("# ").strip() if is_heading else None
 
 
+def section_of(cells, index) -> str:
+    """The section of the cell at `index`: the last heading at or before it."""
+    return ([h for cell in cells[: index + 1] if (h := heading(cell))] or ["start"])[-1]
+
+
 def code_of(notebook=None, root=REPO, cells=None, files=None) -> dict:
     """The run's code: `{"fingerprint": ..., "parts": {part: digest}}`; the files are read under `root`.
 
     A run started earlier passes the notebook's `cells` as it read them then, and its code then as `files`:
     a cell run since counts as it ran, a file as the kernel imported it (an edit on disk changes neither).
     """
-    cells, section, known = cells or cells_of(notebook or notebook_in_use()), "start", set()
+    cells, known = cells or cells_of(notebook or notebook_in_use()), set()
     held = {digest("".join(cell["source"])) for cell in cells if cell["cell_type"] == "code"}
     if not RAN and (ran := [c for c in UNNAMED if not is_parameters(c) and digest(c) not in held]):  # no cell ids
         raise NotANotebook(f"this kernel ran code that {notebook or notebook_in_use()} does not hold "
                            f"({ran[0][:60]!r}), so a record would name the wrong code: run the notebook itself (once "
                            "saved, in a fresh kernel), or name the one run in JPY_SESSION_NAME.")  # fmt: skip
     sections = {}
-    for cell in cells:
-        section = heading(cell) or section
+    for index, cell in enumerate(cells):
         if cell["cell_type"] == "code":
             known.add(cell.get("id"))
             code = RAN.get(cell.get("id"), "".join(cell["source"]))
-            sections.setdefault(f"the notebook's {section!r}", []).append(code)
+            sections.setdefault(f"the notebook's {section_of(cells, index)!r}", []).append(code)
     extra = [code for cell_id, code in RAN.items() if cell_id not in known and not is_parameters(code)]
     if extra:
         sections["cells run that the notebook file does not hold"] = extra
@@ -167,11 +201,7 @@ def code_of(notebook=None, root=REPO, cells=None, files=None) -> dict:
         part: digest("\0".join(digest(code) for code in codes if not is_parameters(code)))
         for part, codes in sections.items()
     }
-    if files:
-        parts.update({name: files["parts"][name] for name in (*FILES, LOADER)})
-    else:
-        parts.update({name: digest((Path(root) / name).read_text()) for name in FILES})
-        parts[LOADER] = digest(inspect.getsource(mnist.load_mnist))
+    parts.update({name: files["parts"][name] for name in (*FILES, LOADER)} if files else files_as_run(root))
     fingerprint = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
     return {"fingerprint": fingerprint, "parts": parts}
 

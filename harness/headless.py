@@ -29,7 +29,7 @@ from papermill.parameterize import parameterize_notebook
 from harness import NOTEBOOK, PREFIX, REPO, STOPS, Stopped, files, fingerprint, folders, raise_stopped, record, settings
 from vae_utils import atomic_path
 
-FAILED_SPEC_RUN = folders.RUNS / "failed-spec-run.ipynb"
+FAILED_SPEC_RUN, SAVED_OVER = folders.RUNS / "failed-spec-run.ipynb", folders.RUNS / "spec-run.ipynb"
 EXIT_SETTINGS, EXIT_FAILED = 2, 1
 
 
@@ -91,7 +91,7 @@ class LiveClient(nbclient.NotebookClient):  # echoes each section and printed li
     def announce(self, cell, cell_index):
         self.stop_if_signalled(self.nb)  # a stop that came between two cells: the next one does not start
         self.cell_index = cell_index
-        if (section := section_of(self.nb, cell_index)) != self.section:
+        if (section := fingerprint.section_of(self.nb.cells, cell_index)) != self.section:
             self.section = section
             self.echo(f"-- {section}\n")
 
@@ -99,10 +99,6 @@ class LiveClient(nbclient.NotebookClient):  # echoes each section and printed li
         if msg["msg_type"] == "stream":
             self.echo(msg["content"]["text"])
         return super().output(outs, msg, display_id, cell_index)
-
-
-def section_of(nb, cell_index) -> str:  # the last heading at or before `cell_index`
-    return ([h for cell in nb.cells[: cell_index + 1] if (h := fingerprint.heading(cell))] or ["start"])[-1]
 
 
 def write_notebook(nb, path: Path):
@@ -125,6 +121,7 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
     resolved = folders.resolve(parameters, environ={}, claim_folder=False, source=source)
     folder = REPO / resolved.results_dir
     kernel_env = {k: v for k, v in (os.environ if environ is None else environ).items() if not settings.is_variable(k)}
+    saved = NOTEBOOK.read_bytes()  # before `prepare` reads it: the spec's run writes its notebook over only this
     nb, output, failed_output = prepare(parameters, resolved, folder, kernel_env, echo)
     client = LiveClient(
         nb,
@@ -143,6 +140,9 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
             client.execute(env=kernel_env)
         except (KeyboardInterrupt, Exception) as error:  # noqa: BLE001 -- a cell failed, a stop, or the kernel died
             raise failure(error, client, folder, failed_output) from None
+    if output == NOTEBOOK and NOTEBOOK.exists() and NOTEBOOK.read_bytes() != saved:  # an edit saved during the run
+        output = SAVED_OVER  # is the user's work, kept: the run's notebook goes beside the runs
+        echo(f"the notebook was saved during the run: that edit is kept, and the run's notebook is {output}\n")
     write_notebook(nb, output)
     failed_output.unlink(missing_ok=True)  # a failure (or stop) this run has got past
     return output

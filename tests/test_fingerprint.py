@@ -11,7 +11,7 @@ import nbformat
 import pytest
 
 from conftest import REPO
-from harness import NOTEBOOK, fingerprint
+from harness import NOTEBOOK, fingerprint, folders
 
 
 def edited(tmp_path, cell_id, edit, name="edited.ipynb"):
@@ -118,6 +118,13 @@ def test_a_notebook_read_while_jupyter_saves_it_in_place_is_read_again_until_who
     being_saved.write_text(whole[: len(whole) // 2])
     threading.Timer(0.5, being_saved.write_text, args=(whole,)).start()
     assert fingerprint.code_of(being_saved) == fingerprint.code_of(NOTEBOOK)
+
+
+def test_a_missing_notebook_is_named_in_one_line_not_taken_for_a_bad_results_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(fingerprint, "NOTEBOOK", tmp_path / "gone.ipynb")  # deleted, or renamed
+    said = r"gone.ipynb cannot be read \(No such file or directory\): `python3 tasks.py restore` brings back"
+    with pytest.raises(fingerprint.NotANotebook, match=said):
+        folders.resolve({"epochs": 1, "results_dir": str(tmp_path / "run")}, environ={})
 
 
 def test_a_record_made_before_runs_recorded_their_code_is_other_code():

@@ -357,21 +357,24 @@ def prepare(*args):  # the notebook is read; an edit is saved before the kernel 
     for cell in nb["cells"]:
         cell["source"] = "".join(cell["source"]).replace("linspace(0, 1, 10,", "linspace(0, 1, 12,")
     NOTEBOOK.write_text(json.dumps(nb))
-    return made
+    return made[0], NOTEBOOK, made[2]  # the executed notebook goes in place, as the spec's run's does
 headless.prepare = prepare
 headless.main()
 """
 
 
-def test_an_edit_saved_while_a_headless_run_starts_is_not_the_code_its_record_names(quick_env, tmp_path):
+def test_an_edit_saved_while_a_headless_run_starts_is_kept_and_is_not_the_code_its_record_names(quick_env, tmp_path):
     copy = tracked_copy(tmp_path)
     env = {**quick_env, "VAE_EPOCHS": "1", "VAE_NAME": "edited"}
     done = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", EDIT_AFTER_READING], cwd=copy, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr
+    executed = copy / "runs" / "spec-run.ipynb"  # not written over the edit
+    assert f"that edit is kept, and the run's notebook is {executed}\n" in done.stdout
+    assert "linspace(0, 1, 12," in (copy / "Variational_autoencoder.ipynb").read_text()  # the edit
+    assert "linspace(0, 1, 10," in executed.read_text() and "final test loss" in executed.read_text()  # what ran
     folder = copy / "runs" / "edited"
-    assert "linspace(0, 1, 10," in (folder / "Variational_autoencoder.ipynb").read_text()  # the cells that ran
-    ran = fingerprint.code_of(folder / "Variational_autoencoder.ipynb", root=copy)
+    ran = fingerprint.code_of(executed, root=copy)
     for made in (json.loads((folder / "metrics.json").read_text()), torch.load(folder / "checkpoint.pt")):
         assert fingerprint.changes(ran, made["code"]) == []
     assert fingerprint.changes(ran, fingerprint.code_of(copy / "Variational_autoencoder.ipynb", root=copy)) == [

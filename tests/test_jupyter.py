@@ -16,7 +16,7 @@ import pytest
 import torch
 from jupyter_client.manager import KernelManager
 
-from conftest import QUICK, REPO, without_settings
+from conftest import QUICK, REPO, tracked_copy, without_settings
 from harness import fingerprint
 
 pytestmark = pytest.mark.slow
@@ -26,11 +26,11 @@ NOTEBOOK = REPO / "Variational_autoencoder.ipynb"
 class Kernel:
     """A Jupyter kernel in the repository, as the browser drives it: one cell at a time, by cell id."""
 
-    def __init__(self, env):
+    def __init__(self, env, cwd=REPO):
         self.env = env
-        self.cells = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
+        self.cells = [c for c in nbformat.read(cwd / NOTEBOOK.name, as_version=4).cells if c.cell_type == "code"]
         self.km = KernelManager()
-        self.km.start_kernel(cwd=str(REPO), env=env, extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        self.km.start_kernel(cwd=str(cwd), env=env, extra_arguments=["--IPKernelApp.log_level=ERROR"])
         self.kc = self.km.client()
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)
@@ -367,3 +367,28 @@ def test_cells_edited_and_run_without_saving_are_the_code_the_checkpoint_and_the
         "the notebook's 'Training'",
         "the notebook's 'How good is the model?'",
     ]
+
+
+def test_vae_utils_saved_after_the_kernel_imported_it_is_not_the_code_it_runs_or_records_until_a_restart(
+    mnist_root, tmp_path
+):
+    copy = tracked_copy(tmp_path)
+    quick = {f"VAE_{name.upper()}": str(value) for name, value in QUICK.items()}
+    kernel = Kernel({**without_settings(), **quick, "VAE_DATA_DIR": str(mnist_root), "VAE_EPOCHS": "1"}, cwd=copy)
+    runs = {name: tmp_path / name for name in ("before", "edited", "restarted")}
+    try:
+        assert not any("ename" in r for r in kernel.run_all(results_dir=str(runs["before"])).values())
+        source = (copy / "vae_utils.py").read_text()  # the KL, edited and saved
+        (copy / "vae_utils.py").write_text(source.replace("return -0.5 * (1 + log_var", "return -0.4 * (1 + log_var"))
+        edited = kernel.run_all(results_dir=str(runs["edited"]))
+        assert not any("ename" in r for r in edited.values())
+        assert "note: vae_utils.py was saved after this kernel imported it" in edited["settings"]["text"]
+        kernel.restart()
+        assert not any("ename" in r for r in kernel.run_all(results_dir=str(runs["restarted"])).values())
+    finally:
+        kernel.close()
+    made = {name: json.loads((folder / "metrics.json").read_text()) for name, folder in runs.items()}
+    assert made["edited"]["code"] == made["before"]["code"]  # the code it imported ran: the same numbers
+    assert made["edited"]["evaluation"] == made["before"]["evaluation"]
+    assert fingerprint.changes(made["before"]["code"], made["restarted"]["code"]) == ["vae_utils.py"]
+    assert made["restarted"]["evaluation"]["test_kl"] != made["before"]["evaluation"]["test_kl"]
