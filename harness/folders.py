@@ -54,9 +54,10 @@ def resolve(parameters=None, environ=None, claim_folder=True, source="the parame
                 f"{s.results_dir} holds files no run made ({names}): a run writes only into a new or "
                 "empty folder, or its own. Choose another name or results_dir."
             )
-        if (REPO / s.data_dir).resolve().is_relative_to(RECORD):
-            raise SettingsError(f"data_dir={s.data_dir}: MNIST does not go into results/, the record. Choose "
-                                "another folder (the default is data/).")  # fmt: skip
+        data = (REPO / s.data_dir).resolve()
+        if data.is_relative_to(REPO) and not (data.is_relative_to(REPO / "data") or data.is_relative_to(RUNS)):
+            raise SettingsError(f"data_dir={s.data_dir}: inside the repository MNIST goes only under data/ (the "
+                                "default) or runs/, ignored by git: choose those, or a folder outside.")  # fmt: skip
         raw = REPO / s.data_dir / "MNIST" / "raw"
         blocking = next((p for p in (raw, *raw.parents) if p.exists()), raw)  # the nearest that exists: a folder?
         if not blocking.is_dir():

@@ -159,9 +159,11 @@ def test_a_name_that_leads_through_a_symlink_into_the_repository_is_refused(tmp_
     assert load(VAE_NAME="elsewhere", VAE_SEED="2").results_dir == str(tmp_path / "outside")
 
 
-def test_mnist_may_not_go_into_the_record():
-    with pytest.raises(settings.SettingsError, match=r"data_dir=results/data: MNIST does not go into results/"):
-        load(VAE_DATA_DIR="results/data")
+@pytest.mark.parametrize("where", ["results/data", ".", "harness", "data/../docs"])
+def test_mnist_goes_nowhere_in_the_repository_but_under_data_or_runs(where):
+    with pytest.raises(settings.SettingsError, match=rf"data_dir={re.escape(where)}: inside the repository MNIST goes"):
+        load(VAE_DATA_DIR=where)
+    assert load(VAE_DATA_DIR="runs/mnist").data_dir == "runs/mnist"
 
 
 @pytest.mark.parametrize("where", ["a_file", "a_file/below"])
