@@ -91,7 +91,7 @@ SETTINGS = {
     "results_dir": Setting("", "where the run writes (instead of `runs/<name>/`)",
                            words="a folder under runs/ or outside the repository", numbers=False),
     "data_dir": Setting("data", "where `MNIST/raw` lives", pattern=r".+",
-                        words="a folder that holds, or can hold, MNIST/raw", numbers=False),
+                        words="a folder for MNIST/raw (in the repository: under data/ or runs/)", numbers=False),
     "resume": Setting(False, "continue the unfinished run in the run's folder from its `checkpoint.pt`", numbers=False),
 }
 # fmt: on
