@@ -21,6 +21,7 @@ from harness.settings import (
     SettingsError,
     differences,
     is_spec_run,
+    pick_device,
     read,
     run_name,
     shown,
@@ -78,6 +79,13 @@ def resolve(parameters=None, environ=None, claim_folder=True, source="the parame
     except OSError as error:
         raise SettingsError(f"results_dir={s.results_dir or error.filename}: {error.strerror or error}.") from None
     return s
+
+
+def claimed_since(settings) -> list:
+    """`name = value` for each setting the settings cell has claimed another value of since `settings` were read.
+    The device cell's torch.device, read back by the settings cell run again, is the device its name picks."""
+    return [f"{k} = {CLAIMED[k]!r}" for k, v in vars(settings).items() if CLAIMED.get(k, v) != v
+            and not (k == "device" and pick_device(CLAIMED[k]) == pick_device(v))]  # fmt: skip
 
 
 def results_folder(settings) -> Path:

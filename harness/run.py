@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from harness import REPO, OneLine, Stopped, files, fingerprint
-from harness.folders import CLAIMED, RECORD, other_code, weights_code
+from harness.folders import RECORD, claimed_since, other_code, weights_code
 from harness.provenance import machine_of, provenance
 from harness.settings import SPEC
 
@@ -107,7 +107,7 @@ class TrainingRun:
         if model is not self.model or optimizer is not self.optimizer or params != {id(p) for p in model.parameters()}:
             raise RunRefused("the model and the optimiser are not the run's (a cell above was run again alone): "
                              "run the cells again from the model's cell on (or Run All).")  # fmt: skip
-        if changed := [f"{k} = {CLAIMED[k]!r}" for k, v in vars(self.settings).items() if CLAIMED.get(k, v) != v]:
+        if changed := claimed_since(self.settings):
             raise RunRefused(f"the settings cell ran again since the run started, with {', '.join(changed)}: run the "
                              "cells again from the optimiser's cell on (or Run All) for a run of these.")  # fmt: skip
 

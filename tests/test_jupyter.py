@@ -314,6 +314,8 @@ def test_the_settings_cell_run_again_with_other_settings_keeps_the_old_run_from_
     try:
         assert not any("ename" in r for r in kernel.run_all(results_dir=str(tmp_path / "a")).values())
         before = (tmp_path / "a" / "metrics.json").read_bytes()
+        assert "ename" not in kernel.run("settings")  # run again as it stands: it reads the device cell's torch.device
+        assert "ename" not in kernel.run("train-loop")  # the same settings: the finished run trains nothing
         edited = kernel.source("parameters") + f"\nresults_dir = {str(tmp_path / 'b')!r}\niw_samples = 7"
         assert "ename" not in kernel.run("parameters", edited) and "ename" not in kernel.run("settings")
         for cell in ("train-loop", "device", "evaluation", "metrics"):  # the cells below, as a person picks them
