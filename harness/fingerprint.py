@@ -40,13 +40,18 @@ def remember(info):
         UNNAMED.append(info.raw_cell)
 
 
-def watch_kernel():
-    """In an IPython kernel, note every cell's code from now on (imported with the notebook's first cell)."""
+def kernel_shell():
+    """This process's IPython shell (in a kernel), or None."""
     try:
         from IPython import get_ipython
     except ImportError:
-        return
-    shell = get_ipython()
+        return None
+    return get_ipython()
+
+
+def watch_kernel():
+    """In an IPython kernel, note every cell's code from now on (imported with the notebook's first cell)."""
+    shell = kernel_shell()
     if shell is not None and remember not in shell.events.callbacks["pre_run_cell"]:
         shell.events.register("pre_run_cell", remember)
         files_as_run(REPO, at_import=True)  # now, just after the first cell imported them

@@ -231,18 +231,8 @@ def on_stop(shell, etype, value, tb, tb_offset=None):
     shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
 
 
-def watch_stops():
-    """In an IPython kernel, `on_stop` handles every KeyboardInterrupt of a cell from now on."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    shell = get_ipython()
-    if shell is not None:
-        shell.set_custom_exc((KeyboardInterrupt,), on_stop)
-
-
-watch_stops()
+if (shell := fingerprint.kernel_shell()) is not None:  # in a kernel, `on_stop` handles each KeyboardInterrupt
+    shell.set_custom_exc((KeyboardInterrupt,), on_stop)
 
 
 def epoch_line(row) -> str:
