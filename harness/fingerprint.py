@@ -10,6 +10,7 @@ a file counts as the kernel imported it (an edit saved since runs only once the 
 """
 
 import ast
+import functools
 import hashlib
 import inspect
 import io
@@ -79,6 +80,7 @@ def files_as_run(root, at_import=False) -> dict:
     return parts
 
 
+@functools.lru_cache(maxsize=4096)  # each epoch's check digests every cell again: the same texts
 def digest(code: str) -> str:
     """The code's tokens, hashed: without comments, docstrings and layout (and alike on every Python)."""
     try:
