@@ -68,7 +68,8 @@ def files_as_run(root, at_import=False) -> dict:
         code = [f.__code__ for f in getattr(module, "__dict__", {}).values() if inspect.isfunction(f)]
         kept, ran = IMPORTED.get(part, (None, []))
         if kept and [*map(id, ran)] == [*map(id, code)] and Path(module.__file__).resolve() == path.resolve():
-            if part in FILES and (now := digest(path.read_text())) != kept and (part, now) not in NOTED:
+            now = digest(path.read_text()) if part in FILES and path.is_file() else kept  # as saved now
+            if now != kept and (part, now) not in NOTED:
                 NOTED.add((part, now))
                 print(f"note: {part} was saved after this kernel imported it, so the kernel runs (and a record names) "
                       "the code it imported: restart the kernel to run the edit.")  # fmt: skip
