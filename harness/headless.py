@@ -121,7 +121,7 @@ def execute(parameters: dict, environ=None, echo=None, source="the parameters ce
     resolved = folders.resolve(parameters, environ={}, claim_folder=False, source=source)
     folder = REPO / resolved.results_dir
     kernel_env = {k: v for k, v in (os.environ if environ is None else environ).items() if not settings.is_variable(k)}
-    saved = NOTEBOOK.read_bytes()  # before `prepare` reads it: the spec's run writes its notebook over only this
+    saved = NOTEBOOK.is_file() and NOTEBOOK.read_bytes()  # read before `prepare`: the spec's run writes over only this
     nb, output, failed_output = prepare(parameters, resolved, folder, kernel_env, echo)
     client = LiveClient(
         nb,

@@ -382,6 +382,19 @@ def test_an_edit_saved_while_a_headless_run_starts_is_kept_and_is_not_the_code_i
     ]  # the edit was saved, and is not the code of that run
 
 
+def test_a_missing_notebook_ends_a_run_in_one_line_before_any_work(quick_env, tmp_path):
+    copy = tracked_copy(tmp_path)
+    (copy / "Variational_autoencoder.ipynb").unlink()  # deleted, or renamed
+    for env in ({**quick_env, "VAE_EPOCHS": "1"}, without_settings()):  # an experiment, and the spec's run
+        done = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "harness.headless"], cwd=copy, env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 2 and one_line(done.stderr) == (
+            f"error: NotANotebook: {copy / 'Variational_autoencoder.ipynb'} cannot be read (No such file or "
+            "directory): `python3 tasks.py restore` brings back the committed one."
+        )
+    assert not (copy / "runs").exists()
+
+
 def files_of(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
 
