@@ -23,7 +23,6 @@ whose speed drifts; the table gives each ratio's median and its range over the r
 
 import argparse
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from harness import REPO, STOPS, headless, mnist, raise_stopped
+from harness import REPO, headless, mnist, stop_by_raising
 from harness.files import read_metrics, write_json
 from harness.provenance import cpu_name
 from harness.tables import BENCHMARK, benchmark_table
@@ -108,17 +107,12 @@ def this_repo(epochs, data_dir, k=1, gradient="plain"):
         try:
             headless.execute(parameters, echo=lambda text: None)
         finally:
-            stops_in_one_line()  # the run's event loop left SIGTERM and SIGHUP at their defaults (a silent end)
+            stop_by_raising()  # the run's event loop left SIGTERM and SIGHUP at their defaults (a silent end)
         wall = time.perf_counter() - started
         metrics = read_metrics(results)
     for row in metrics["epochs"]:
         print(f"  this repo (k = {k}) epoch {row['epoch']}: {row['train_loss']:.2f} train loss, {row['seconds']:.2f} s")
     return [row["seconds"] for row in metrics["epochs"]], metrics["test_loss"], wall
-
-
-def stops_in_one_line():  # Ctrl-C, SIGTERM or SIGHUP raises `Stopped`: the command ends in its one line
-    for signum in STOPS:
-        signal.signal(signum, raise_stopped)
 
 
 def gemm_floor(n_train=60_000, batch=128, k=1):
@@ -229,7 +223,7 @@ def main():
 
 
 if __name__ == "__main__":
-    stops_in_one_line()
+    stop_by_raising()
     try:
         main()
     except (KeyboardInterrupt, headless.RunFailed, mnist.MNISTUnavailableError) as error:  # one line, no traceback

@@ -51,6 +51,13 @@ def raise_stopped(signum, frame):
     raise Stopped(signum)
 
 
+def stop_by_raising():
+    """From now on a stop signal (Ctrl-C, SIGTERM, SIGHUP) raises `Stopped`: the command cleans up, then ends in
+    its one line with 128 + the signal."""
+    for signum in STOPS:
+        signal.signal(signum, raise_stopped)
+
+
 def stopped_in_one_line(what: str):
     """From now on, a stop signal ends this process at once with one line, `stopped (Ctrl-C) WHAT.`
 

@@ -16,11 +16,10 @@ if __name__ == "__main__":
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
 
-from harness import PREFIX, STOPS, files, fingerprint, raise_stopped
+from harness import PREFIX, files, fingerprint, stop_by_raising
 from harness.cluster import MACHINE_SETTINGS, StudyFailed, run_on_cluster
 from harness.folders import STUDY_RECORD, check_folder, resolve
 from harness.plans import STUDIES
@@ -110,8 +109,7 @@ def arguments(argv):
 
 
 def main(argv):
-    for signum in STOPS:  # a stop (Ctrl-C, SIGTERM, SIGHUP) ends every run of the study, then the command
-        signal.signal(signum, raise_stopped)
+    stop_by_raising()  # a stop (Ctrl-C, SIGTERM, SIGHUP) ends every run of the study, then the command
     args = arguments(argv)
     name, plan = args.name, STUDIES[args.name]
     try:

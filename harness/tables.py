@@ -14,12 +14,11 @@ if __name__ == "__main__":
 
 import argparse
 import re
-import signal
 import sys
 
 from pydantic import BaseModel, FiniteFloat, TypeAdapter
 
-from harness import PREFIX, REPO, STOPS, raise_stopped
+from harness import PREFIX, REPO, stop_by_raising
 from harness.files import UnreadableRun, read_json, read_metrics, read_timings, write_text
 from harness.folders import RECORD, STUDY_RECORD
 from harness.plans import STUDIES
@@ -155,8 +154,7 @@ def with_tables(text: str, tables: dict, document="the document") -> str:
 
 
 def main(argv):
-    for signum in STOPS:
-        signal.signal(signum, raise_stopped)
+    stop_by_raising()
     try:
         make(argv)
     except UnreadableRun as error:  # a record, timings or document it cannot use: nothing was written
