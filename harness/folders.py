@@ -21,7 +21,6 @@ from harness.settings import (
     SettingsError,
     differences,
     is_spec_run,
-    pick_device,
     read,
     run_name,
     shown,
@@ -31,6 +30,7 @@ RECORD = REPO / "results"  # the committed record of the spec run
 STUDY_RECORD = RECORD / "studies"  # the committed studies: results/studies/NAME/RUN/
 RUNS = REPO / "runs"  # every other run inside the repository, one folder each (ignored by git)
 CLAIMED = {}  # the settings this process last claimed its folder for: a kernel's settings cell as it last ran
+READ = {}  # the kernel's namespace that settings cell read, and each setting's value there then
 
 
 def resolve(parameters=None, environ=None, claim_folder=True, source="the parameters cell"):
@@ -74,6 +74,7 @@ def resolve(parameters=None, environ=None, claim_folder=True, source="the parame
                 raise
             files.release_folders(keep=[new])
             CLAIMED.update(vars(s))  # every setting, each time
+            READ.update(namespace=parameters or {}, values={k: (parameters or {}).get(k) for k in CLAIMED})
     except files.FolderInUse as error:
         raise SettingsError(str(error)) from None
     except OSError as error:
@@ -82,10 +83,22 @@ def resolve(parameters=None, environ=None, claim_folder=True, source="the parame
 
 
 def claimed_since(settings) -> list:
-    """`name = value` for each setting the settings cell has claimed another value of since `settings` were read.
-    The device cell's torch.device, read back by the settings cell run again, is the device its name picks."""
-    return [f"{k} = {CLAIMED[k]!r}" for k, v in vars(settings).items() if CLAIMED.get(k, v) != v
-            and not (k == "device" and pick_device(CLAIMED[k]) == pick_device(v))]  # fmt: skip
+    """`name = value` for each setting the settings cell has claimed another value of since `settings` were read."""
+    return [f"{k} = {CLAIMED[k]!r}" for k, v in vars(settings).items() if CLAIMED.get(k, v) != v]
+
+
+def assigned_since() -> list:
+    """`name = value` for each setting a cell (the parameters cell run again alone) has set since the settings cell
+    read it: the cells below still run the settings it checked."""
+    now, then = READ.get("namespace", {}), READ.get("values", {})
+    return [f"{k} = {now.get(k)!r}" for k, v in then.items() if not same(now.get(k), v)]
+
+
+def same(a, b) -> bool:  # a cell may put anything in a setting's name (a tensor): unequal unless plainly equal
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def results_folder(settings) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from harness import REPO, OneLine, Stopped, files, fingerprint
-from harness.folders import RECORD, claimed_since, other_code, weights_code
+from harness.folders import RECORD, assigned_since, claimed_since, other_code, weights_code
 from harness.provenance import machine_of, provenance
 from harness.settings import SPEC
 
@@ -110,6 +110,10 @@ class TrainingRun:
         if changed := claimed_since(self.settings):
             raise RunRefused(f"the settings cell ran again since the run started, with {', '.join(changed)}: run the "
                              "cells again from the optimiser's cell on (or Run All) for a run of these.")  # fmt: skip
+        if changed := assigned_since():
+            raise RunRefused(f"a cell set {', '.join(changed)} after the settings cell checked the settings, and the "
+                             "cells below run what it checked: run the settings cell, then the cells from the "
+                             "optimiser's on (or Run All).")  # fmt: skip
 
     def code_now(self) -> dict:
         """The run's code as its cells have run by now (a cell edited and run since it started counts), its files

@@ -121,6 +121,7 @@ def on_the_records_cpu(monkeypatch):
     if (cpu := records_cpu()) is not None:
         monkeypatch.setattr(folders, "cpu_name", lambda: cpu)
     folders.CLAIMED.clear()  # each test is a kernel of its own, where no settings cell has run yet
+    folders.READ.clear()
     monkeypatch.setattr(fingerprint, "UNNAMED", [])  # and no cell ran without an id
 
 

@@ -314,7 +314,7 @@ def test_the_settings_cell_run_again_with_other_settings_keeps_the_old_run_from_
     try:
         assert not any("ename" in r for r in kernel.run_all(results_dir=str(tmp_path / "a")).values())
         before = (tmp_path / "a" / "metrics.json").read_bytes()
-        assert "ename" not in kernel.run("settings")  # run again as it stands: it reads the device cell's torch.device
+        assert "ename" not in kernel.run("settings")  # run again as it stands
         assert "ename" not in kernel.run("train-loop")  # the same settings: the finished run trains nothing
         edited = kernel.source("parameters") + f"\nresults_dir = {str(tmp_path / 'b')!r}\niw_samples = 7"
         assert "ename" not in kernel.run("parameters", edited) and "ename" not in kernel.run("settings")
@@ -328,6 +328,23 @@ def test_the_settings_cell_run_again_with_other_settings_keeps_the_old_run_from_
         assert json.loads((tmp_path / "b" / "metrics.json").read_text())["settings"]["iw_samples"] == 7
     finally:
         kernel.close()
+
+
+def test_the_parameters_cell_run_again_alone_is_refused_where_it_would_be_ignored_and_breaks_no_cell_below(
+    kernel, uninterrupted, tmp_path
+):
+    assert "ename" not in kernel.run("parameters")  # as it stands: device = "auto" again, the same settings
+    for cell in ("load-data", "train-loop", "evaluation", "metrics"):  # each uses the device the device cell picked
+        assert "ename" not in kernel.run(cell), cell
+    edited = kernel.source("parameters") + "\nkl_warmup = 2"
+    assert "ename" not in kernel.run("parameters", edited)  # and on, without the settings cell
+    for cell in ("train-loop", "metrics"):  # the run is of kl_warmup = 0: it would train and record that unseen
+        refused = kernel.run(cell)
+        assert refused.get("ename") == "RunRefused" and refused["traceback"] == [f"RunRefused: {refused['evalue']}"]
+        assert refused["evalue"].startswith("a cell set kl_warmup = 2 after the settings cell checked the settings")
+    assert "ename" not in kernel.run("parameters")  # the value the settings cell checked, back again
+    assert "ename" not in kernel.run("metrics")
+    same(record(tmp_path / "run"), uninterrupted)
 
 
 def test_a_cell_run_after_a_stop_keeps_the_training_cell_from_going_on_from_the_checkpoint(kernel, tmp_path):
