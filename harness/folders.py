@@ -96,7 +96,7 @@ def assigned_since() -> list:
 
 def same(a, b) -> bool:  # a cell may put anything in a setting's name (a tensor): unequal unless plainly equal
     try:
-        return type(a) is type(b) and bool(a == b)
+        return bool(a == b)  # 1 for 1.0 is no change: the settings cell reads either as beta = 1.0
     except Exception:  # noqa: BLE001
         return False
 

@@ -170,6 +170,22 @@ def test_a_model_or_optimiser_not_the_runs_is_refused_before_training(tmp_path):
         training.TrainingRun.start(run.settings, other, run.optimizer, run.generator)
 
 
+def test_a_setting_a_cell_set_after_the_settings_cell_is_refused_unless_it_is_the_value_checked(tmp_path):
+    namespace = {"epochs": 3, "train_size": 8, "beta": 1.0, "results_dir": str(tmp_path / "run")}
+    folders.resolve(namespace, environ={})  # the settings cell, reading the kernel's namespace
+    run = tiny_run(tmp_path / "run")
+    for written_again in (1, 1.0, torch.tensor(1.0)):  # the same value: the cells below run what was asked
+        namespace["beta"] = written_again
+        run.epochs(run.model, run.optimizer)
+    for other in (2.0, torch.ones(3), "1.0"):
+        namespace["beta"] = other
+        with pytest.raises(training.RunRefused, match=r"^a cell set beta = .* after the settings cell checked"):
+            run.epochs(run.model, run.optimizer)
+    del namespace["beta"]
+    with pytest.raises(training.RunRefused, match=r"^a cell set beta = None after"):
+        run.record(EVALUATION, "cpu", run.model)
+
+
 # ---- provenance ------------------------------------------------------------------------------
 def git(*args):
     return subprocess.run(["git", *args], cwd=settings.REPO, capture_output=True, text=True, check=True).stdout
