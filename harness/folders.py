@@ -29,8 +29,7 @@ from harness.settings import (
 RECORD = REPO / "results"  # the committed record of the spec run
 STUDY_RECORD = RECORD / "studies"  # the committed studies: results/studies/NAME/RUN/
 RUNS = REPO / "runs"  # every other run inside the repository, one folder each (ignored by git)
-CLAIMED = {}  # the settings this process last claimed its folder for: a kernel's settings cell as it last ran
-READ = {}  # the kernel's namespace that settings cell read, and each setting's value there then
+CELL = {}  # a kernel's settings cell as it last claimed a folder: its settings, and the namespace and values it read
 
 
 def resolve(parameters=None, environ=None, claim_folder=True, source="the parameters cell"):
@@ -73,8 +72,8 @@ def resolve(parameters=None, environ=None, claim_folder=True, source="the parame
                 files.release_folders(keep=held)  # refused: what was held before stays held, and only that
                 raise
             files.release_folders(keep=[new])
-            CLAIMED.update(vars(s))  # every setting, each time
-            READ.update(namespace=parameters or {}, values={k: (parameters or {}).get(k) for k in CLAIMED})
+            namespace = parameters or {}
+            CELL.update(settings=dict(vars(s)), namespace=namespace, values={k: namespace.get(k) for k in vars(s)})
     except files.FolderInUse as error:
         raise SettingsError(str(error)) from None
     except OSError as error:
@@ -84,13 +83,14 @@ def resolve(parameters=None, environ=None, claim_folder=True, source="the parame
 
 def claimed_since(settings) -> list:
     """`name = value` for each setting the settings cell has claimed another value of since `settings` were read."""
-    return [f"{k} = {CLAIMED[k]!r}" for k, v in vars(settings).items() if CLAIMED.get(k, v) != v]
+    claimed = CELL.get("settings", {})
+    return [f"{k} = {claimed[k]!r}" for k, v in vars(settings).items() if claimed.get(k, v) != v]
 
 
 def assigned_since() -> list:
     """`name = value` for each setting a cell (the parameters cell run again alone) has set since the settings cell
     read it: the cells below still run the settings it checked."""
-    now, then = READ.get("namespace", {}), READ.get("values", {})
+    now, then = CELL.get("namespace", {}), CELL.get("values", {})
     return [f"{k} = {now.get(k)!r}" for k, v in then.items() if not same(now.get(k), v)]
 
 

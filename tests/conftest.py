@@ -120,8 +120,7 @@ def on_the_records_cpu(monkeypatch):
     record; test_machinery's test of the spec run on another CPU names the CPU it pretends to be on."""
     if (cpu := records_cpu()) is not None:
         monkeypatch.setattr(folders, "cpu_name", lambda: cpu)
-    folders.CLAIMED.clear()  # each test is a kernel of its own, where no settings cell has run yet
-    folders.READ.clear()
+    folders.CELL.clear()  # each test is a kernel of its own, where no settings cell has run yet
     monkeypatch.setattr(fingerprint, "UNNAMED", [])  # and no cell ran without an id
 
 
