@@ -29,7 +29,7 @@ from pathlib import Path
 
 from harness import REPO, STOPS, stopped_in_one_line  # the package's __init__ needs nothing but Python
 
-VENV = Path(os.environ.get("VENV_DIR", REPO / ".venv"))
+VENV = Path(os.environ.get("VENV_DIR") or REPO / ".venv").expanduser().absolute()  # commands run in the repo
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 

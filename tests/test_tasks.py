@@ -23,3 +23,13 @@ def test_an_unknown_task_is_named_in_one_line_with_the_usage():
     done = subprocess.run([sys.executable, "tasks.py", "frobnicate"], cwd=tasks.REPO, capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr.startswith("error: no task 'frobnicate'. usage: python3 tasks.py {")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_venv_dir_is_read_from_where_you_stand_and_an_empty_one_is_the_default(tmp_path):
+    def venv(value):  # tasks.py's environment for VENV_DIR=value, started from tmp_path
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tasks.REPO), "VENV_DIR": value}
+        code = "import tasks; print(tasks.VENV)"
+        return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    assert venv("env").stdout.strip() == str(tmp_path / "env")  # every command then runs in the repository
+    assert venv("").stdout.strip() == str(tasks.REPO / ".venv")  # not the folder you stand in
