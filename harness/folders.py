@@ -109,7 +109,7 @@ def results_folder(settings) -> Path:
     run writes results/. Anything else is refused; a folder outside the repository is the user's.
     """
     if settings.results_dir:
-        asked, named = Path(settings.results_dir).expanduser(), f"results_dir={settings.results_dir}"
+        asked, named = Path(settings.results_dir), f"results_dir={settings.results_dir}"
     else:
         spec_record = is_spec_run(settings) and not settings.name
         asked = RECORD if spec_record else RUNS / (settings.name or run_name(settings))

@@ -220,7 +220,7 @@ def read(parameters=None, environ=None, source="the parameters cell") -> SimpleN
             where = sources.get(name, "the default")
             tiny = ", subnormal: a kernel reads it as 0" if isinstance(value, float) and 0 < value < TINY else ""
             raise SettingsError(f"{name} must be {SETTINGS[name].accepts}; got {value!r}{tiny} (from {where}).")
-    settings = SimpleNamespace(**values)
+    settings = SimpleNamespace(**{n: os.path.expanduser(v) if n in PATHS else v for n, v in values.items()})  # ~ = home
     check_combination(settings)
     if settings.device != "auto":
         pick_device(settings.device)  # fails now, not after the data is loaded

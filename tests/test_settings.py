@@ -99,6 +99,14 @@ def test_weights_cannot_be_combined_with_settings_of_training(tmp_path):
         load(VAE_WEIGHTS=str(weights), VAE_LR_SCHEDULE="burda")
 
 
+def test_a_path_given_from_the_home_folder_is_read_there_as_in_a_terminal(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "vae.pt").write_bytes(b"")  # a file is all `read` asks of weights
+    given = {"data_dir": "~/mnist", "results_dir": "~/out", "weights": "~/vae.pt"}
+    read = settings.read(given, environ={})
+    assert [read.data_dir, read.results_dir, read.weights] == [str(tmp_path / p) for p in ("mnist", "out", "vae.pt")]
+
+
 def test_headless_passes_the_spec_runs_machine_settings_as_variables_and_an_experiments_as_papermill_does(
     monkeypatch, tmp_path
 ):
