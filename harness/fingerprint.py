@@ -115,6 +115,14 @@ def digest(code: str) -> str:
     return hashlib.sha256("\0".join(words).encode()).hexdigest()[:12]
 
 
+def of_digests(digests) -> str:
+    """One digest of several (a section's cells'): the `digest` of them joined by NUL bytes as Python 3.10 and 3.11
+    tokenize that text (names, numbers, error tokens: `HEX_WORDS`), which every record holds; 3.12 refuses NULs."""
+    text = "\0".join(digests)
+    return hashlib.sha256("\0".join(HEX_WORDS.findall(text) + ["NEWLINE"] * bool(text)).encode()).hexdigest()[:12]
+
+
+HEX_WORDS = re.compile(r"\x00|[a-f]\w*|[0-9]+e[0-9]+|0b[01]+|0+|[1-9][0-9]*")  # first match wins, as in tokenize
 SKIPPED = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
 LAYOUT = {tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT}
 FSTRING_START, FSTRING_END = getattr(tokenize, "FSTRING_START", -1), getattr(tokenize, "FSTRING_END", -1)
@@ -206,8 +214,7 @@ def code_of(notebook=None, root=REPO, cells=None, files=None) -> dict:
     if extra:
         sections["cells run that the notebook file does not hold"] = extra
     parts = {
-        part: digest("\0".join(digest(code) for code in codes if not is_parameters(code)))
-        for part, codes in sections.items()
+        part: of_digests(digest(code) for code in codes if not is_parameters(code)) for part, codes in sections.items()
     }
     parts.update({name: files["parts"][name] for name in (*FILES, LOADER)} if files else files_as_run(root))
     fingerprint = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]

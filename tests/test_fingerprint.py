@@ -1,6 +1,7 @@
 """harness.fingerprint: a run's code is what its numbers depend on, and nothing else; a change is named."""
 
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -139,6 +140,15 @@ def test_the_committed_record_was_made_by_the_current_code():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.12's tokenizer refuses NUL bytes: the oracle is 3.10/3.11's")
+def test_a_sections_digest_is_what_python_3_11_tokenize_made_of_its_cells_digests():
+    rng = random.Random(0)
+    cases = [[], ["0b1e0b2"], ["12e34", "00ab", "0e"]]  # binary and float literals, zeros: the tokenizer's odd words
+    cases += [["".join(rng.choices("0123456789abcdef", k=12)) for _ in range(rng.randint(1, 6))] for _ in range(3000)]
+    for digests in cases:
+        assert fingerprint.of_digests(digests) == fingerprint.digest("\0".join(digests)), digests
+
+
 def test_vae_utils_imports_nothing_of_the_repo_and_the_notebook_runs_without_fcntl(mnist_root, tmp_path):
     """As on Windows: `fcntl` cannot be imported. The notebook's cells, run in order, as a short run."""
     cells = [c.source for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
