@@ -132,9 +132,14 @@ NO_ARGUMENTS = {"lint", "run", "format", "restore", "setup"}
 
 if __name__ == "__main__":
     stopped_in_one_line("while setting up: nothing was run")
-    if len(sys.argv) < 2 or sys.argv[1] not in TASKS:
-        usage = f"usage: python3 tasks.py {{{','.join(TASKS)}}} [args]"
-        sys.exit(f"error: no task {sys.argv[1]!r}. {usage}" if len(sys.argv) > 1 else __doc__.strip() + "\n\n" + usage)
+    if sys.version_info < (3, 10):  # noqa: UP036 -- this runs on any python3: torch 2.14 and this code need 3.10
+        sys.exit(f"error: this repo needs Python 3.10 or newer; {sys.executable} is {sys.version.split()[0]}.")
+    usage = f"usage: python3 tasks.py {{{','.join(TASKS)}}} [args]"
+    if sys.argv[1:2] in ([], ["-h"], ["--help"]):  # what each task does
+        print(__doc__.strip() + "\n\n" + usage)
+        sys.exit(0 if sys.argv[1:] else 2)
+    if sys.argv[1] not in TASKS:
+        sys.exit(f"error: no task {sys.argv[1]!r}. {usage}")
     task, args = sys.argv[1], sys.argv[2:]
     if task in NO_ARGUMENTS and args:
         hint = " Settings are VAE_* variables, e.g. VAE_EPOCHS=2 python3 tasks.py run." if task == "run" else ""

@@ -33,3 +33,10 @@ def test_venv_dir_is_read_from_where_you_stand_and_an_empty_one_is_the_default(t
 
     assert venv("env").stdout.strip() == str(tmp_path / "env")  # every command then runs in the repository
     assert venv("").stdout.strip() == str(tasks.REPO / ".venv")  # not the folder you stand in
+
+
+def test_help_says_what_each_task_does_and_succeeds():
+    for flag in ("-h", "--help"):
+        done = subprocess.run([sys.executable, "tasks.py", flag], cwd=tasks.REPO, capture_output=True, text=True)
+        assert done.returncode == 0 and not done.stderr
+        assert "python3 tasks.py study NAME" in done.stdout and done.stdout.rstrip().endswith("[args]")
