@@ -95,7 +95,7 @@ def digest(code: str) -> str:
             continue
         depth += t.type == FSTRING_START
         if depth:  # Python 3.12 splits an f-string into tokens: join them as 3.11 keeps it
-            fstring.append(t.string)
+            fstring.append(t.string.replace("{", "{{").replace("}", "}}") if t.type == FSTRING_MIDDLE else t.string)
             depth -= t.type == FSTRING_END
             if not depth:
                 words.append("".join(fstring).replace(" ", ""))
@@ -126,6 +126,7 @@ HEX_WORDS = re.compile(r"\x00|[a-f]\w*|[0-9]+e[0-9]+|0b[01]+|0+|[1-9][0-9]*")  #
 SKIPPED = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
 LAYOUT = {tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT}
 FSTRING_START, FSTRING_END = getattr(tokenize, "FSTRING_START", -1), getattr(tokenize, "FSTRING_END", -1)
+FSTRING_MIDDLE = getattr(tokenize, "FSTRING_MIDDLE", -1)  # 3.12 gives its {{ as {, and }} as }
 
 
 def is_parameters(code: str) -> bool:

@@ -1,5 +1,6 @@
 """harness.fingerprint: a run's code is what its numbers depend on, and nothing else; a change is named."""
 
+import hashlib
 import json
 import random
 import shutil
@@ -147,6 +148,12 @@ def test_a_sections_digest_is_what_python_3_11_tokenize_made_of_its_cells_digest
     cases += [["".join(rng.choices("0123456789abcdef", k=12)) for _ in range(rng.randint(1, 6))] for _ in range(3000)]
     for digests in cases:
         assert fingerprint.of_digests(digests) == fingerprint.digest("\0".join(digests)), digests
+
+
+@pytest.mark.parametrize("fstring", ['f"{{a}} {b}"', 'f"{a}{{"', 'f"{{}}"', 'f"{a!r:>{w}}"', 'rf"\\d{n}"', "f'{x=}'"])
+def test_an_f_string_counts_as_its_text_without_spaces_on_every_python(fstring):  # 3.12 splits it into tokens
+    words = ["x", "=", fstring.replace(" ", ""), "NEWLINE"]  # the code's words, as `digest` keeps them
+    assert fingerprint.digest(f"x = {fstring}") == hashlib.sha256("\0".join(words).encode()).hexdigest()[:12]
 
 
 def test_vae_utils_imports_nothing_of_the_repo_and_the_notebook_runs_without_fcntl(mnist_root, tmp_path):
