@@ -54,8 +54,11 @@ def become(module, *args):
     sys.stdout.flush()
     for signum in STOPS:
         signal.signal(signum, signal.SIG_DFL)  # an ignored signal would stay ignored in the new program
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    os.execve(str(PYTHON), [str(PYTHON), "-m", module, *map(str, args)], {**os.environ, "PYTHONPATH": path})
+    os.execve(str(PYTHON), [str(PYTHON), "-m", module, *map(str, args)], {**os.environ, "PYTHONPATH": repo_path()})
+
+
+def repo_path() -> str:  # PYTHONPATH with the repository first: `harness` importable from anywhere
+    return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
 
 def setup():
@@ -109,6 +112,11 @@ def format_(args):
     sh(PYTHON, "-m", "ruff", "check", "--fix", ".")
 
 
+def lab(args):
+    os.environ["PYTHONPATH"] = repo_path()  # Jupyter imports its save hook (`LAB`) from the repository
+    sh(PYTHON, "-m", "jupyter", "lab", "Variational_autoencoder.ipynb", *LAB, *args)
+
+
 def restore(args):
     if subprocess.call(["git", "checkout", "--", "Variational_autoencoder.ipynb"], cwd=REPO):
         sys.exit("error: git could not restore the notebook (is this a git checkout?)")
@@ -123,10 +131,11 @@ TASKS = {  # task -> what it does with its arguments; those in NO_ARGUMENTS take
     "tables": lambda args: become("harness.tables", *args),
     "bench": lambda args: become("benchmarks.benchmark", *args),
     "format": format_,
-    "lab": lambda args: sh(PYTHON, "-m", "jupyter", "lab", "Variational_autoencoder.ipynb", *args),
+    "lab": lab,
     "restore": restore,
     "setup": lambda args: None,
 }
+LAB = ["--ContentsManager.pre_save_hook=harness.keep_language_info"]  # opening the notebook leaves it as it is
 NO_ARGUMENTS = {"lint", "run", "format", "restore", "setup"}
 
 

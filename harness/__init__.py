@@ -13,6 +13,8 @@ blocks); `cluster` (a study's runs as Dask tasks) and `studies` (the command).
 This file imports nothing heavy: `tasks.py` reads it before the virtual environment exists.
 """
 
+import contextlib
+import json
 import os
 import signal
 import sys
@@ -70,3 +72,13 @@ def stopped_in_one_line(what: str):
 
     for signum in STOPS:
         signal.signal(signum, stop)
+
+
+def keep_language_info(model, path, contents_manager, **kwargs):
+    """Jupyter's pre-save hook (`tasks.py lab`): the notebook keeps the Python version it names, the one that ran it;
+    a kernel of another version would write its own there on opening the notebook, changing the tracked file."""
+    if Path(path).name != NOTEBOOK.name:  # another notebook names its kernel's Python
+        return
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # no such file yet, or not a notebook
+        saved = json.loads((Path(contents_manager.root_dir) / path).read_text())["metadata"]["language_info"]
+        model["content"]["metadata"]["language_info"] = saved

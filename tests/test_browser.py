@@ -17,6 +17,7 @@ import urllib.request
 
 import pytest
 
+import tasks
 from conftest import QUICK, REPO, without_settings
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -63,11 +64,12 @@ def jupyter(app, root, tmp_path, **environ):
         "JUPYTERLAB_WORKSPACES_DIR": "workspaces",
         "JUPYTER_RUNTIME_DIR": "rt",
     }
-    env = {**without_settings(), **environ, **{name: str(tmp_path / folder) for name, folder in state.items()}}
+    env = {**without_settings(), **environ, **{name: str(tmp_path / folder) for name, folder in state.items()},
+           "PYTHONPATH": tasks.repo_path()}  # fmt: skip
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", app, "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
          f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={root}"],
+         f"--ServerApp.root_dir={root}", *tasks.LAB],  # as `tasks.py lab` starts it
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
