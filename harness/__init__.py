@@ -80,5 +80,5 @@ def keep_language_info(model, path, contents_manager, **kwargs):
     if Path(path).name != NOTEBOOK.name:  # another notebook names its kernel's Python
         return
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # no such file yet, or not a notebook
-        saved = json.loads((Path(contents_manager.root_dir) / path).read_text())["metadata"]["language_info"]
+        saved = json.loads((Path(contents_manager.root_dir) / path).read_bytes())["metadata"]["language_info"]
         model["content"]["metadata"]["language_info"] = saved

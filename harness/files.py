@@ -25,7 +25,7 @@ from vae_utils import atomic_path
 # ---- writes ----------------------------------------------------------------------------------
 def write_text(path, text: str) -> Path:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")  # every platform alike
     return Path(path)
 
 
@@ -226,7 +226,7 @@ def lock_folder(folder: Path) -> None:
         lock.acquire(timeout=0)
     except filelock.Timeout:
         owner = folder / ".lock.owner"
-        holder = owner.read_text().strip() if owner.exists() else "another process"
+        holder = owner.read_text(encoding="utf-8").strip() if owner.exists() else "another process"
         raise FolderInUse(f"{folder} is in use by {holder}: one run at a time writes a folder.") from None
     command = " ".join(sys.orig_argv)[:120]  # what this process was started as
     write_text(folder / ".lock.owner", f"process {os.getpid()} ({command})\n")

@@ -68,14 +68,16 @@ def files_as_run(root, at_import=False) -> dict:
         code = [f.__code__ for f in getattr(module, "__dict__", {}).values() if inspect.isfunction(f)]
         kept, ran = IMPORTED.get(part, (None, []))
         if kept and [*map(id, ran)] == [*map(id, code)] and Path(module.__file__).resolve() == path.resolve():
-            now = digest(path.read_text()) if part in FILES and path.is_file() else kept  # as saved now
+            now = digest(path.read_text(encoding="utf-8")) if part in FILES and path.is_file() else kept  # as saved now
             if now != kept and (part, now) not in NOTED:
                 NOTED.add((part, now))
                 print(f"note: {part} was saved after this kernel imported it, so the kernel runs (and a record names) "
                       "the code it imported: restart the kernel to run the edit.")  # fmt: skip
             parts[part] = kept
             continue
-        parts[part] = digest(inspect.getsource(mnist.load_mnist) if part == LOADER else path.read_text())
+        parts[part] = digest(
+            inspect.getsource(mnist.load_mnist) if part == LOADER else path.read_text(encoding="utf-8")
+        )
         if code and (at_import or part in IMPORTED):  # (imported again: as it is now)
             IMPORTED[part] = (parts[part], code)
     return parts
@@ -169,7 +171,7 @@ def cells_of(path, seconds=10.0) -> list:
     deadline = time.monotonic() + seconds
     while True:
         try:
-            return json.loads(Path(path).read_text())["cells"]
+            return json.loads(Path(path).read_bytes())["cells"]
         except OSError as error:  # gone or unreadable: reading again mends nothing
             raise NotANotebook(f"{path} cannot be read ({error.strerror or error}): `python3 tasks.py restore` "
                                "brings back the committed one.") from None  # fmt: skip

@@ -177,7 +177,11 @@ def make(argv):
             print(f"<!-- table: {name} -->\n{made}\n<!-- end: {name} -->\n")
         return
     # every document is checked before any is written
-    made = {doc: with_tables((REPO / doc).read_text(), tables, doc) for doc in DOCUMENTS if (REPO / doc).exists()}
+    made = {
+        doc: with_tables((REPO / doc).read_text(encoding="utf-8"), tables, doc)
+        for doc in DOCUMENTS
+        if (REPO / doc).exists()
+    }
     for document, text in made.items():
         write_text(REPO / document, text)
     print(f"wrote {len(tables)} tables into {', '.join(DOCUMENTS)}")

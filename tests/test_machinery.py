@@ -9,8 +9,8 @@ import sys
 
 import nbformat
 
-from conftest import REPO, tracked_copy
-from harness import files, fingerprint, folders, settings
+from conftest import REPO, tracked_copy, without_settings
+from harness import NOTEBOOK, files, fingerprint, folders, settings
 
 # The layers, from the bottom: each module imports only modules before it (harness/__init__.py says the same).
 LAYERS = ["settings", "plans", "mnist", "files", "fingerprint", "provenance", "folders", "run", "record", "headless",
@@ -108,3 +108,21 @@ def test_the_spec_run_on_another_cpu_than_the_records_goes_to_runs_and_says_so(m
         spec = folders.resolve(None, {"VAE_RESULTS_DIR": named}, claim_folder=False)
         assert spec.results_dir == "runs/spec-Another-CPU-3.0GHz", named
     assert folders.resolve(None, {"VAE_EPOCHS": "2"}, claim_folder=False).results_dir == "runs/epochs=2"
+
+
+def test_the_harness_reads_and_writes_text_as_utf_8_whatever_the_platforms_default(tmp_path):  # Windows: cp1252
+    code = f"""
+import warnings
+from harness import files, fingerprint, keep_language_info, record, tables
+with warnings.catch_warnings(record=True) as caught:  # each text file opened without an encoding warns
+    warnings.simplefilter("always", EncodingWarning)
+    fingerprint.code_of(), record.not_the_record(), tables.readme_tables()
+    files.write_text({str(tmp_path / "written.md")!r}, "± μ")
+    keep_language_info({{"content": {{"metadata": {{}}}}}}, "{NOTEBOOK.name}", type("", (), {{"root_dir": "."}}))
+print(sorted({{f"{{w.filename}}:{{w.lineno}}" for w in caught if "/harness/" in w.filename}}))
+"""
+    env = {**without_settings(), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-X", "warn_default_encoding", "-c", code], cwd=REPO, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
+    assert (tmp_path / "written.md").read_bytes() == "± μ".encode()
