@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import nbformat
@@ -322,7 +323,7 @@ def test_a_run_stopped_during_its_evaluation_is_evaluated_without_training_again
 def test_the_readme_experiment_leaves_the_committed_record_untouched(quick_env, tmp_path):
     """`VAE_EPOCHS=1 python3 tasks.py run` in a fresh copy of the repo, then `git status`."""
     copy = tracked_copy(tmp_path)
-    env = {**quick_env, "VAE_EPOCHS": "1", "VENV_DIR": str(REPO / ".venv")}
+    env = {**quick_env, "VAE_EPOCHS": "1", "VENV_DIR": sys.prefix}
     run = tasks("run", env=env, cwd=copy)
     assert run.returncode == 0, run.stderr
     status = subprocess.run(["git", "status", "--porcelain"], cwd=copy, capture_output=True, text=True).stdout
@@ -334,11 +335,11 @@ def test_the_readme_experiment_leaves_the_committed_record_untouched(quick_env, 
 
 
 def test_a_notebook_that_is_not_whole_json_is_named_in_one_line_by_every_command_before_any_work(quick_env, tmp_path):
-    copy, env = tracked_copy(tmp_path), {**quick_env, "VENV_DIR": str(REPO / ".venv")}
+    copy, env = tracked_copy(tmp_path), {**quick_env, "VENV_DIR": sys.prefix}
     notebook = copy / "Variational_autoencoder.ipynb"
     text = notebook.read_text()
     notebook.write_text(text.replace('"seed = 0', '<<<<<<< HEAD\n"seed = 0', 1))  # a merge conflict
-    record = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "harness.record"], cwd=copy,
+    record = subprocess.run([sys.executable, "-m", "harness.record"], cwd=copy,
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     study = tasks("study", "seeds", env=without_settings(env), cwd=copy)
     for done, code in ((tasks("run", env=env, cwd=copy), 2), (study, 1), (record, 1)):
@@ -366,7 +367,7 @@ headless.main()
 def test_an_edit_saved_while_a_headless_run_starts_is_kept_and_is_not_the_code_its_record_names(quick_env, tmp_path):
     copy = tracked_copy(tmp_path)
     env = {**quick_env, "VAE_EPOCHS": "1", "VAE_NAME": "edited"}
-    done = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", EDIT_AFTER_READING], cwd=copy, env=env,
+    done = subprocess.run([sys.executable, "-c", EDIT_AFTER_READING], cwd=copy, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr
     executed = copy / "runs" / "spec-run.ipynb"  # not written over the edit
@@ -386,7 +387,7 @@ def test_a_missing_notebook_ends_a_run_in_one_line_before_any_work(quick_env, tm
     copy = tracked_copy(tmp_path)
     (copy / "Variational_autoencoder.ipynb").unlink()  # deleted, or renamed
     for env in ({**quick_env, "VAE_EPOCHS": "1"}, without_settings()):  # an experiment, and the spec's run
-        done = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "harness.headless"], cwd=copy, env=env,
+        done = subprocess.run([sys.executable, "-m", "harness.headless"], cwd=copy, env=env,
                               capture_output=True, text=True, timeout=300)  # fmt: skip
         assert done.returncode == 2 and one_line(done.stderr) == (
             f"error: NotANotebook: {copy / 'Variational_autoencoder.ipynb'} cannot be read (No such file or "
