@@ -175,7 +175,7 @@ def cells_of(path, seconds=10.0) -> list:
         except OSError as error:  # gone or unreadable: reading again mends nothing
             raise NotANotebook(f"{path} cannot be read ({error.strerror or error}): `python3 tasks.py restore` "
                                "brings back the committed one.") from None  # fmt: skip
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError) as error:  # not JSON, not UTF-8, not a notebook
             if time.monotonic() > deadline:
                 raise NotANotebook(f"{path} is not a whole notebook ({type(error).__name__}: {error}): a merge "
                                    "conflict, or a save cut short? `python3 tasks.py restore` brings back the "
