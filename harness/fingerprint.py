@@ -87,7 +87,8 @@ def files_as_run(root, at_import=False) -> dict:
 def digest(code: str) -> str:
     """The code's tokens, hashed: without comments, docstrings and layout (and alike on every Python)."""
     try:
-        tokens = [t for t in tokenize.generate_tokens(io.StringIO(code).readline) if t.type not in SKIPPED]
+        tokens = [t for t in tokenize.generate_tokens(io.StringIO(code).readline) if t.type not in SKIPPED
+                  and not (t.type == tokenize.ERRORTOKEN and t.string.isspace())]  # 3.11's space before $  # fmt: skip
     except (tokenize.TokenError, SyntaxError):  # not Python (a magic): the text itself
         return hashlib.sha256(code.strip().encode()).hexdigest()[:12]
     words, fstring, depth, docstring = [], [], 0, False

@@ -156,6 +156,11 @@ def test_an_f_string_counts_as_its_text_without_spaces_on_every_python(fstring):
     assert fingerprint.digest(f"x = {fstring}") == hashlib.sha256("\0".join(words).encode()).hexdigest()[:12]
 
 
+def test_an_ipython_shell_line_counts_as_its_words_on_every_python():  # 3.11 tokenized the space before `$` too
+    words = ["!", "echo", "$", "HOME", "NEWLINE"]
+    assert fingerprint.digest("!echo $HOME") == hashlib.sha256("\0".join(words).encode()).hexdigest()[:12]
+
+
 def test_vae_utils_imports_nothing_of_the_repo_and_the_notebook_runs_without_fcntl(mnist_root, tmp_path):
     """As on Windows: `fcntl` cannot be imported. The notebook's cells, run in order, as a short run."""
     cells = [c.source for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
