@@ -1,7 +1,7 @@
 """Where a run writes, and what a folder may hold before a run writes into it; `resolve`, the settings cell.
 
 Only the spec's run writes `results/`, the record of the current code (and only on a machine like
-the one that made it: elsewhere it goes to `runs/spec-<cpu>/`); a study's run writes its own
+the one that made it: elsewhere it goes to `runs/spec-<cpu>-<N>-threads/`); a study's run writes its own
 `results/studies/NAME/RUN/`; every other run inside the repository writes under `runs/`, and a
 folder outside it is the user's. A run writes only into a new or empty folder or its own run's
 (its settings, its code, its weights), and never goes on from another. Each rule is a
@@ -14,13 +14,14 @@ from pathlib import Path
 
 from harness import REPO, files, fingerprint
 from harness.plans import STUDIES
-from harness.provenance import cpu_name
+from harness.provenance import described, machine
 from harness.settings import (
     RESUME_MAY_CHANGE,
     SPEC,
     SettingsError,
     differences,
     is_spec_run,
+    pick_device,
     read,
     run_name,
     shown,
@@ -116,7 +117,7 @@ def results_folder(settings) -> Path:
         named = "the spec's run" if spec_record else f"name={settings.name or run_name(settings)}"
     where = (REPO / asked).resolve()
     if where == RECORD and is_spec_run(settings):  # results/ by default, by name or through a link
-        where = record_or_elsewhere()
+        where = record_or_elsewhere(settings.device)
     study = where.relative_to(STUDY_RECORD).parts if where.is_relative_to(STUDY_RECORD) else ()
     planned = STUDIES.get(study[0], {}).get(study[1]) if len(study) == 2 else None
     if (
@@ -135,23 +136,23 @@ def results_folder(settings) -> Path:
     )
 
 
-def record_or_elsewhere():
-    """results/, unless it holds this code's spec run made on another CPU: then `runs/spec-<this cpu>/`.
+def record_or_elsewhere(device):
+    """results/, unless it holds this code's spec run made on another machine: then `runs/spec-<this machine>/`.
 
-    The last digits of a run differ between CPUs (their kernels round differently): the record stays the
-    machine's that made it, and the same command on another machine is not a change to the record.
+    The last digits of a run differ between CPUs (their kernels round differently), thread counts and devices:
+    the record stays the machine's that made it, and the same command on another machine is not a change to it.
     """
     try:
         record = files.read_metrics(RECORD)
     except files.UnreadableRun:
         return RECORD
-    made_on, here = record["provenance"].get("cpu"), cpu_name()
-    if made_on in (None, here) or fingerprint.changes(record["code"], fingerprint.code_of()):
+    made, here = record["provenance"], machine(pick_device(device))
+    same = all(made.get(key, value) == value for key, value in here.items())  # a fact it lacks: none known to differ
+    if same or fingerprint.changes(record["code"], fingerprint.code_of()):
         return RECORD
-    folder = RUNS / ("spec-" + re.sub(r"[^\w.-]+", "-", here).strip("-")[:60])
-    print(
-        f"results/ holds this code's spec run from another CPU ({made_on}); this one ({here}) goes to {shown(folder)}/"
-    )
+    folder = RUNS / ("spec-" + re.sub(r"[^\w.-]+", "-", described(here)).strip("-")[:80])
+    print(f"results/ holds this code's spec run from another machine ({described(made)}); "
+          f"this one ({described(here)}) goes to {shown(folder)}/")  # fmt: skip
     return folder
 
 

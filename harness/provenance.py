@@ -1,7 +1,8 @@
 """What made a run, besides its settings and code: the machine, the versions and the git state.
 
-`machine_of` is what a checkpoint records of where its epochs ran (a run resumed elsewhere says so);
-`provenance` is what metrics.json records. Neither changes a number. `made_by`, `cpu_of` and
+`machine` is what a run's last digits depend on: a checkpoint records where its epochs ran (a run resumed
+elsewhere says so), and the spec's run goes elsewhere than results/ on another; `provenance` is what
+metrics.json records. Neither changes a number. `made_by`, `cpu_of` and
 `code_line` name them in the studies' tables.
 """
 
@@ -15,9 +16,18 @@ import torch
 from harness import REPO
 
 
-def machine_of(model) -> dict:
-    """What a run's numbers depend on besides its settings and code: the device, the CPU and its threads."""
-    return {"device": str(next(model.parameters()).device), "cpu": cpu_name(), "threads": torch.get_num_threads()}
+def machine(device) -> dict:
+    """What a run's numbers depend on besides its settings and code: the device (its GPU), the CPU and its threads
+    (2 and 8 threads of one CPU round differently)."""
+    facts = {"device": str(device), "cpu": cpu_name(), "threads": torch.get_num_threads()}
+    if torch.device(device).type == "cuda":  # runs on different GPUs belong in separate rows: name it
+        facts["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return facts
+
+
+def described(facts) -> str:  # a machine in words: `AMD EPYC, 2 threads`
+    gpu = f", {facts['device']} ({facts['gpu']})" if facts.get("gpu") else ""
+    return f"{facts.get('cpu')}, {facts.get('threads')} threads{gpu}"
 
 
 def cpu_name() -> str:
@@ -58,17 +68,13 @@ def provenance(device, results) -> dict:
         changes, reason = git(*status)
         dirty = None if changes is None else bool(changes)
     facts = {
-        "device": str(device),
-        "cpu": cpu_name(),
-        "threads": torch.get_num_threads(),
+        **machine(device),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "git_commit": commit,
         "git_dirty": dirty,
     }
-    if torch.device(device).type == "cuda":  # runs on different GPUs belong in separate rows: name it
-        facts["gpu"] = torch.cuda.get_device_name(torch.device(device))
     if reason:
         facts["git_unknown"] = reason
     return facts

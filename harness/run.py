@@ -15,7 +15,7 @@ import torch
 
 from harness import REPO, OneLine, Stopped, files, fingerprint
 from harness.folders import RECORD, assigned_since, claimed_since, other_code, weights_code
-from harness.provenance import machine_of, provenance
+from harness.provenance import machine, provenance
 from harness.settings import SPEC
 
 IGNORED_ON_RESUME = {"resume", "results_dir", "name"}
@@ -50,7 +50,7 @@ class TrainingRun:
         self.trains = not settings.weights
         self.cells = fingerprint.cells_of(fingerprint.notebook_in_use())  # as the run starts: a later save is no run
         self.code = fingerprint.code_of(cells=self.cells)  # then `code_now` before each write: the cells as they ran
-        self.machine = machine_of(model)  # once: it reads /proc/cpuinfo, and each checkpoint records it
+        self.machine = machine(next(model.parameters()).device)  # once (it reads /proc/cpuinfo); each checkpoint has it
         self.snapshot = self.state()
 
     @classmethod

@@ -107,19 +107,20 @@ def tasks(*args, env, cwd=REPO, timeout=900):
 
 
 @functools.cache
-def records_cpu():
-    """The CPU that made results/ (read once for the session), or None where there is no readable record."""
+def records_machine() -> dict:
+    """The machine that made results/ as its record says (read once for the session); {} without a readable record."""
     with contextlib.suppress(files.UnreadableRun):
-        return files.read_metrics(folders.RECORD)["provenance"].get("cpu")
-    return None
+        made = files.read_metrics(folders.RECORD)["provenance"]
+        return {key: made[key] for key in ("device", "cpu", "threads", "gpu") if key in made}
+    return {}
 
 
 @pytest.fixture(autouse=True)
-def on_the_records_cpu(monkeypatch):
-    """In this process the spec's run resolves to results/ on any CPU, as on the machine that made the
-    record; test_machinery's test of the spec run on another CPU names the CPU it pretends to be on."""
-    if (cpu := records_cpu()) is not None:
-        monkeypatch.setattr(folders, "cpu_name", lambda: cpu)
+def on_the_records_machine(monkeypatch):
+    """In this process the spec's run resolves to results/ on any machine, as on the one that made the
+    record; test_machinery's test of the spec run on another machine names the machine it pretends to be."""
+    here = folders.machine
+    monkeypatch.setattr(folders, "machine", lambda device: {**here(device), **records_machine()})
     folders.CELL.clear()  # each test is a kernel of its own, where no settings cell has run yet
     monkeypatch.setattr(fingerprint, "UNNAMED", [])  # and no cell ran without an id
 

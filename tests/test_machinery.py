@@ -3,7 +3,6 @@ edits no committed record, and the spec's run on a machine other than the record
 
 import ast
 import json
-import re
 import subprocess
 import sys
 
@@ -95,19 +94,33 @@ def test_a_new_setting_with_a_default_edits_no_record_and_changes_no_table(tmp_p
 def test_the_spec_run_on_another_cpu_than_the_records_goes_to_runs_and_says_so(monkeypatch, capsys, tmp_path):
     record = files.read_metrics(folders.RECORD)
     assert not fingerprint.changes(record["code"], fingerprint.code_of()), "results/ is not this code's run"
-    monkeypatch.setattr(folders, "cpu_name", lambda: record["provenance"]["cpu"])  # the record's own machine
+    made = {key: record["provenance"][key] for key in ("device", "cpu", "threads")}
+    monkeypatch.setattr(folders, "machine", lambda device: made)  # the record's own machine
     assert folders.resolve(None, {}, claim_folder=False).results_dir == "results"
-    monkeypatch.setattr(folders, "cpu_name", lambda: "Another CPU @ 3.0GHz")
+    monkeypatch.setattr(folders, "machine", lambda device: {**made, "cpu": "Another CPU @ 3.0GHz", "threads": 4})
     capsys.readouterr()
-    assert folders.resolve(None, {}, claim_folder=False).results_dir == "runs/spec-Another-CPU-3.0GHz"
+    assert folders.resolve(None, {}, claim_folder=False).results_dir == "runs/spec-Another-CPU-3.0GHz-4-threads"
     said = capsys.readouterr().out
-    assert re.fullmatch(r"results/ holds this code's spec run from another CPU \(.+\); this one \(Another CPU @ "
-                        r"3.0GHz\) goes to runs/spec-Another-CPU-3.0GHz/\n", said), said  # fmt: skip
+    record_machine = f"{made['cpu']}, {made['threads']} threads"
+    assert said == (f"results/ holds this code's spec run from another machine ({record_machine}); this one "
+                    "(Another CPU @ 3.0GHz, 4 threads) goes to runs/spec-Another-CPU-3.0GHz-4-threads/\n")  # fmt: skip
     (tmp_path / "to-results").symlink_to(folders.RECORD)
     for named in ("results", "runs/../results", str(folders.RECORD), str(tmp_path / "to-results")):  # asked for
         spec = folders.resolve(None, {"VAE_RESULTS_DIR": named}, claim_folder=False)
-        assert spec.results_dir == "runs/spec-Another-CPU-3.0GHz", named
+        assert spec.results_dir == "runs/spec-Another-CPU-3.0GHz-4-threads", named
     assert folders.resolve(None, {"VAE_EPOCHS": "2"}, claim_folder=False).results_dir == "runs/epochs=2"
+
+
+def test_the_spec_run_with_more_threads_than_the_records_does_not_write_results():  # as a machine of more cores
+    threads = files.read_metrics(folders.RECORD)["provenance"]["threads"] + 6  # 8 and 2 threads give 100.42, 100.55
+    code = f"import torch; torch.set_num_threads({threads}); from harness import folders; print(folders.resolve("
+    code += "None, {}, claim_folder=False).results_dir)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**without_settings(), "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said, folder = done.stdout.splitlines()
+    assert folder.startswith("runs/spec-") and folder.endswith(f"-{threads}-threads"), done.stdout
+    assert said.endswith(f"{threads} threads) goes to {folder}/"), said
 
 
 def test_the_harness_reads_and_writes_text_as_utf_8_whatever_the_platforms_default(tmp_path):  # Windows: cp1252
