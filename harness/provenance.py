@@ -17,17 +17,14 @@ from harness import REPO
 
 
 def machine(device) -> dict:
-    """What a run's numbers depend on besides its settings and code: the device (its GPU), the CPU and its threads
-    (2 and 8 threads of one CPU round differently)."""
-    facts = {"device": str(device), "cpu": cpu_name(), "threads": torch.get_num_threads()}
-    if torch.device(device).type == "cuda":  # runs on different GPUs belong in separate rows: name it
-        facts["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return facts
+    """What a run's numbers depend on besides its settings and code: the device, the CPU and its threads (2 and 8
+    threads of one CPU round differently). Not the GPU's name: asking for it starts CUDA in the asking process."""
+    return {"device": str(device), "cpu": cpu_name(), "threads": torch.get_num_threads()}
 
 
-def described(facts) -> str:  # a machine in words: `AMD EPYC, 2 threads`
-    gpu = f", {facts['device']} ({facts['gpu']})" if facts.get("gpu") else ""
-    return f"{facts.get('cpu')}, {facts.get('threads')} threads{gpu}"
+def described(facts) -> str:  # a machine in words: `AMD EPYC, 2 threads` (`, cuda` on a GPU)
+    device = "" if facts.get("device", "cpu") == "cpu" else f", {facts['device']}"
+    return f"{facts.get('cpu')}, {facts.get('threads')} threads{device}"
 
 
 def cpu_name() -> str:
@@ -75,6 +72,8 @@ def provenance(device, results) -> dict:
         "git_commit": commit,
         "git_dirty": dirty,
     }
+    if torch.device(device).type == "cuda":  # runs on different GPUs belong in separate rows: name it
+        facts["gpu"] = torch.cuda.get_device_name(torch.device(device))
     if reason:
         facts["git_unknown"] = reason
     return facts

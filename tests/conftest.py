@@ -111,7 +111,7 @@ def records_machine() -> dict:
     """The machine that made results/ as its record says (read once for the session); {} without a readable record."""
     with contextlib.suppress(files.UnreadableRun):
         made = files.read_metrics(folders.RECORD)["provenance"]
-        return {key: made[key] for key in ("device", "cpu", "threads", "gpu") if key in made}
+        return {key: made[key] for key in ("device", "cpu", "threads") if key in made}
     return {}
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import nbformat
+import torch
 
 from conftest import REPO, tracked_copy, without_settings
 from harness import NOTEBOOK, files, fingerprint, folders, settings
@@ -109,6 +110,9 @@ def test_the_spec_run_on_another_cpu_than_the_records_goes_to_runs_and_says_so(m
         spec = folders.resolve(None, {"VAE_RESULTS_DIR": named}, claim_folder=False)
         assert spec.results_dir == "runs/spec-Another-CPU-3.0GHz-4-threads", named
     assert folders.resolve(None, {"VAE_EPOCHS": "2"}, claim_folder=False).results_dir == "runs/epochs=2"
+    monkeypatch.setattr(folders, "machine", lambda device: {**made, "device": str(device)})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # device auto picks a GPU: other digits again
+    assert folders.resolve(None, {}, claim_folder=False).results_dir.endswith(f"-{made['threads']}-threads-cuda")
 
 
 def test_the_spec_run_with_more_threads_than_the_records_does_not_write_results():  # as a machine of more cores
