@@ -1,9 +1,9 @@
 """What made a run, besides its settings and code: the machine, the versions and the git state.
 
 `machine` is what a run's last digits depend on: a checkpoint records where its epochs ran (a run resumed
-elsewhere says so), and the spec's run goes elsewhere than results/ on another; `provenance` is what
-metrics.json records. Neither changes a number. `made_by`, `cpu_of` and
-`code_line` name them in the studies' tables.
+elsewhere says so), and on another machine than the record's the spec's run keeps out of results/;
+`provenance` is what metrics.json records. Neither changes a number. `made_by`, `cpu_of` and `code_line`
+name them in the studies' tables.
 """
 
 import contextlib
