@@ -178,6 +178,12 @@ def other_code(saved, code, folder: Path, resume: bool) -> str | None:
     )
 
 
+def another_spec(saved, settings, folder: Path) -> list:
+    """`name: X there, Y now` where results/ holds the record of another spec (a default changed since): the spec's
+    run makes it anew, as over another code's. Empty for any other folder, with resume, or for this spec's run."""
+    return differences(saved["settings"], settings) if saved and folder == RECORD and not settings.resume else []
+
+
 def digest(path) -> str:
     return hashlib.sha256(Path(REPO / path).read_bytes()).hexdigest()[:16]
 
@@ -195,16 +201,19 @@ def check_folder(settings, folder: Path):
     if previous and previous["finished"] and folder.is_relative_to(STUDY_RECORD):  # only a study adds to a study
         raise SettingsError(f"{shown(folder)} holds a finished run of a committed study: it is kept (its study keeps "
                             "it too). Choose another name or results_dir.")  # fmt: skip
+    if another_spec(previous, settings, folder) or another_spec(state, settings, folder):
+        return  # results/ holds the record of the spec as it was: the spec's run makes it anew
     code = fingerprint.code_of()
     may_change = RESUME_MAY_CHANGE if settings.resume or not previous else {"epochs"}  # an evaluation stays as it is
     fixed = [name for name in SPEC if name not in may_change]
     for what, saved in ((shown(folder), previous), (checkpoint, state)):
         found = differences(saved["settings"], settings, fixed if state else SPEC) if saved else []
         if found:
-            raise SettingsError(
-                f"{what} holds a run with other settings ({'; '.join(found)}). Choose another name or "
-                f"results_dir, or delete that folder{' (or set resume to change them)' if not settings.resume else ''}."
-            )
+            resume = "" if settings.resume else " (or set resume to change them)"
+            advice = f"Choose another name or results_dir, or delete that folder{resume}"
+            if folder == RECORD:  # with resume: results/ holds the record of another spec, and the studies
+                advice = "Unset resume: the spec's run then makes results/ anew"
+            raise SettingsError(f"{what} holds a run with other settings ({'; '.join(found)}). {advice}.")
         refused = other_code(saved, code, folder, settings.resume)
         if refused:
             raise SettingsError(refused)

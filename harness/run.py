@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from harness import REPO, OneLine, Stopped, files, fingerprint
-from harness.folders import RECORD, assigned_since, claimed_since, other_code, weights_code
+from harness.folders import RECORD, another_spec, assigned_since, claimed_since, other_code, weights_code
 from harness.provenance import machine, provenance
 from harness.settings import SPEC
 
@@ -65,6 +65,7 @@ class TrainingRun:
             if run.folder != RECORD:
                 raise
             state, previous = None, None  # results/ of older code: the spec's run makes it anew
+        anew = another_spec(state, settings, run.folder)  # results/ of another spec: the spec's run makes it anew
         refused = other_code(state or previous, run.code, run.folder, settings.resume)
         if refused:  # the code changed since the settings cell checked the folder
             raise RunRefused(refused)
@@ -72,7 +73,7 @@ class TrainingRun:
             files.load_weights(REPO / settings.weights, model)
             run.weights_from = weights_code(settings.weights, run.code)
             print(f"no training: evaluating the weights in {settings.weights} ({run.weights_from['said']})")
-        elif state is not None and not fingerprint.changes(state["code"], run.code):
+        elif state is not None and not anew and not fingerprint.changes(state["code"], run.code):
             run.restore(state)
             changed = {name: [state["settings"][name], value] for name, value in vars(settings).items()
                        if name not in IGNORED_ON_RESUME and state["settings"][name] != value}  # fmt: skip
@@ -94,7 +95,8 @@ class TrainingRun:
                 run.show_history = True  # the training cell shows the epochs it loaded, as the run printed them
         else:
             if state is not None:
-                print(f"{settings.results_dir}/ held a run of other code; results/ is the current code's record")
+                other = f"other settings ({'; '.join(anew)})" if anew else "other code"
+                print(f"{settings.results_dir}/ held a run of {other}; results/ is the current code's record")
             elif settings.resume:
                 print(f"resume is set but there is no {run.checkpoint}: starting from scratch")
             print(f"training from scratch: {settings.epochs} epochs, results in {settings.results_dir}/")

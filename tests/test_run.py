@@ -161,6 +161,27 @@ def test_a_finished_run_of_other_code_is_kept_elsewhere_and_replaced_in_results(
     assert "held a run of other code; results/ is the current code's record" in capsys.readouterr().out
 
 
+def test_results_holding_the_record_of_another_spec_is_made_anew_and_any_other_folder_is_kept(tmp_path, monkeypatch,
+                                                                                                 capsys):  # fmt: skip
+    run = tiny_run(tmp_path, epochs=1)
+    run.record_epoch(1, step(run), 1.0, (1.0, 0.5, 0.5), 0.1)
+    run.record(EVALUATION, "cpu", run.model)
+    new_spec = SimpleNamespace(**{**vars(run.settings), "lr": 2e-3})  # as after a default changed in SETTINGS
+    with pytest.raises(settings.SettingsError, match=r"holds a run with other settings \(lr: 0.001 there, 0.002 now\)"):
+        folders.check_folder(new_spec, tmp_path)  # a folder of runs/: the user's run is kept
+    monkeypatch.setattr(training, "RECORD", tmp_path)  # the same folder as results/, the spec run's record
+    monkeypatch.setattr(folders, "RECORD", tmp_path)
+    folders.check_folder(new_spec, tmp_path)  # results/: the record of the spec as it was, made anew
+    with pytest.raises(settings.SettingsError, match=r"\(lr: 0.001 there, 0.002 now\)\. Unset resume: the spec's run"):
+        folders.check_folder(SimpleNamespace(**{**vars(new_spec), "resume": True}), tmp_path)  # not "delete results/"
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    afresh = training.TrainingRun.start(new_spec, model, torch.optim.Adam(model.parameters()), torch.Generator())
+    assert afresh.epoch == 0 and next(afresh.epochs(afresh.model, afresh.optimizer)) == 1
+    said = "held a run of other settings (lr: 0.001 there, 0.002 now); results/ is the current code's record"
+    assert said in capsys.readouterr().out
+
+
 def test_a_model_or_optimiser_not_the_runs_is_refused_before_training(tmp_path):
     run = tiny_run(tmp_path)
     other = torch.nn.Linear(4, 2)
