@@ -172,10 +172,11 @@ def other_code(saved, code, folder: Path, resume: bool) -> str | None:
     changed = fingerprint.changes(saved.get("code"), code) if saved else []
     if not changed or (folder == RECORD and not resume):
         return None
-    return (
-        f"{shown(folder)}/ holds a run of other code (changed: {'; '.join(changed)}): it is kept. Give this run "
-        f"another folder (name = '...', headless VAE_NAME=...), or delete {shown(folder)}/ to train this code there."
-    )
+    held = f"{shown(folder)}/ holds a run of other code (changed: {'; '.join(changed)})"
+    if folder == RECORD:  # with resume; deleting results/ would delete the committed studies too
+        return f"{held}. Unset resume: the spec's run then makes results/ anew."
+    return (f"{held}: it is kept. Give this run another folder (name = '...', headless VAE_NAME=...), or delete "
+            f"{shown(folder)}/ to train this code there.")  # fmt: skip
 
 
 def another_spec(saved, settings, folder: Path) -> list:

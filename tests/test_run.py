@@ -156,6 +156,8 @@ def test_a_finished_run_of_other_code_is_kept_elsewhere_and_replaced_in_results(
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     monkeypatch.setattr(training, "RECORD", tmp_path)  # the same folder as results/, the spec run's record
     monkeypatch.setattr(folders, "RECORD", tmp_path)
+    with pytest.raises(settings.SettingsError, match=r"\(changed: vae_utils.py\)\. Unset resume: the spec's run"):
+        folders.check_folder(SimpleNamespace(**{**vars(run.settings), "resume": True}), tmp_path)  # not "delete"
     afresh = tiny_run(tmp_path, epochs=1)
     assert afresh.epoch == 0 and next(afresh.epochs(afresh.model, afresh.optimizer)) == 1
     assert "held a run of other code; results/ is the current code's record" in capsys.readouterr().out
