@@ -202,8 +202,8 @@ def check_folder(settings, folder: Path):
     if previous and previous["finished"] and folder.is_relative_to(STUDY_RECORD):  # only a study adds to a study
         raise SettingsError(f"{shown(folder)} holds a finished run of a committed study: it is kept (its study keeps "
                             "it too). Choose another name or results_dir.")  # fmt: skip
-    if another_spec(previous, settings, folder) or another_spec(state, settings, folder):
-        return  # results/ holds the record of the spec as it was: the spec's run makes it anew
+    # results/ holding the record (or checkpoint) of the spec as it was: the spec's run makes it anew
+    previous, state = (None if another_spec(saved, settings, folder) else saved for saved in (previous, state))
     code = fingerprint.code_of()
     may_change = RESUME_MAY_CHANGE if settings.resume or not previous else {"epochs"}  # an evaluation stays as it is
     fixed = [name for name in SPEC if name not in may_change]

@@ -174,6 +174,12 @@ def test_results_holding_the_record_of_another_spec_is_made_anew_and_any_other_f
     monkeypatch.setattr(training, "RECORD", tmp_path)  # the same folder as results/, the spec run's record
     monkeypatch.setattr(folders, "RECORD", tmp_path)
     folders.check_folder(new_spec, tmp_path)  # results/: the record of the spec as it was, made anew
+    state = files.load_checkpoint(tmp_path / "checkpoint.pt")  # now a checkpoint of the new spec's, one epoch short
+    new_state = {**state, "settings": {**state["settings"], "lr": 2e-3, "epochs": 2}}
+    files.save_checkpoint(tmp_path / "checkpoint.pt", new_state)
+    with pytest.raises(settings.SettingsError, match=r"holds an unfinished run \(epoch 1 of 2\). To continue it set"):
+        folders.check_folder(SimpleNamespace(**{**vars(new_spec), "epochs": 2}), tmp_path)  # resume still asked for
+    files.save_checkpoint(tmp_path / "checkpoint.pt", state)
     with pytest.raises(settings.SettingsError, match=r"\(lr: 0.001 there, 0.002 now\)\. Unset resume: the spec's run"):
         folders.check_folder(SimpleNamespace(**{**vars(new_spec), "resume": True}), tmp_path)  # not "delete results/"
     torch.manual_seed(0)
