@@ -137,7 +137,7 @@ def results_folder(settings) -> Path:
 
 
 def record_or_elsewhere(device):
-    """results/, unless it holds this code's spec run made on another machine: then `runs/spec-<this machine>/`.
+    """results/, unless it holds this code's (and spec's) run made on another machine: then `runs/spec-<machine>/`.
 
     The last digits of a run differ between CPUs (their kernels round differently), thread counts and devices:
     the record stays the machine's that made it, and the same command on another machine is not a change to it.
@@ -148,7 +148,7 @@ def record_or_elsewhere(device):
         return RECORD
     made, here = record["provenance"], machine(pick_device(device))
     same = all(made.get(key, value) == value for key, value in here.items())  # a fact it lacks: none known to differ
-    if same or fingerprint.changes(record["code"], fingerprint.code_of()):
+    if same or differences(record["settings"], SPEC) or fingerprint.changes(record["code"], fingerprint.code_of()):
         return RECORD
     folder = RUNS / ("spec-" + re.sub(r"[^\w.-]+", "-", described(here)).strip("-")[:80])
     print(f"results/ holds this code's spec run from another machine ({described(made)}); "

@@ -110,6 +110,11 @@ def test_the_spec_run_on_another_cpu_than_the_records_goes_to_runs_and_says_so(m
         spec = folders.resolve(None, {"VAE_RESULTS_DIR": named}, claim_folder=False)
         assert spec.results_dir == "runs/spec-Another-CPU-3.0GHz-4-threads", named
     assert folders.resolve(None, {"VAE_EPOCHS": "2"}, claim_folder=False).results_dir == "runs/epochs=2"
+    old_spec = {**record, "settings": {**record["settings"], "iw_samples": 100}}  # made before a default changed
+    read_metrics = files.read_metrics
+    monkeypatch.setattr(files, "read_metrics", lambda folder, **kw: old_spec)  # results/: not today's spec's run
+    assert folders.resolve(None, {}, claim_folder=False).results_dir == "results"  # so made anew on any machine
+    monkeypatch.setattr(files, "read_metrics", read_metrics)
     monkeypatch.setattr(folders, "machine", lambda device: {**made, "device": str(device)})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # device auto picks a GPU: other digits again
     assert folders.resolve(None, {}, claim_folder=False).results_dir.endswith(f"-{made['threads']}-threads-cuda")
