@@ -117,7 +117,7 @@ def results_folder(settings) -> Path:
         named = "the spec's run" if spec_record else f"name={settings.name or run_name(settings)}"
     where = (REPO / asked).resolve()
     if where == RECORD and is_spec_run(settings):  # results/ by default, by name or through a link
-        where = record_or_elsewhere(settings.device)
+        where = record_or_elsewhere(settings)
     study = where.relative_to(STUDY_RECORD).parts if where.is_relative_to(STUDY_RECORD) else ()
     planned = STUDIES.get(study[0], {}).get(study[1]) if len(study) == 2 else None
     if (
@@ -136,7 +136,7 @@ def results_folder(settings) -> Path:
     )
 
 
-def record_or_elsewhere(device):
+def record_or_elsewhere(settings):
     """results/, unless it holds this code's (and spec's) run made on another machine: then `runs/spec-<machine>/`.
 
     The last digits of a run differ between CPUs (their kernels round differently), thread counts and devices:
@@ -146,9 +146,9 @@ def record_or_elsewhere(device):
         record = files.read_metrics(RECORD)
     except files.UnreadableRun:
         return RECORD
-    made, here = record["provenance"], machine(pick_device(device))
+    made, here = record["provenance"], machine(pick_device(settings.device))
     same = all(made.get(key, value) == value for key, value in here.items())  # a fact it lacks: none known to differ
-    if same or differences(record["settings"], SPEC) or fingerprint.changes(record["code"], fingerprint.code_of()):
+    if same or another_spec(record, settings, RECORD) or fingerprint.changes(record["code"], fingerprint.code_of()):
         return RECORD
     folder = RUNS / ("spec-" + re.sub(r"[^\w.-]+", "-", described(here)).strip("-")[:80])
     print(f"results/ holds this code's spec run from another machine ({described(made)}); "

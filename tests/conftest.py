@@ -14,7 +14,7 @@ import nbformat
 import pytest
 import torch
 
-from harness import REPO, files, fingerprint, folders, headless, mnist, settings
+from harness import REPO, files, fingerprint, folders, headless, mnist, provenance, settings
 
 # Small notebook runs: a subset of MNIST, a cheap bound. Enough to exercise every cell.
 QUICK = {"train_size": 1536, "test_size": 256, "iw_samples": 2}
@@ -111,7 +111,7 @@ def records_machine() -> dict:
     """The machine that made results/ as its record says (read once for the session); {} without a readable record."""
     with contextlib.suppress(files.UnreadableRun):
         made = files.read_metrics(folders.RECORD)["provenance"]
-        return {key: made[key] for key in ("device", "cpu", "threads") if key in made}
+        return {key: made[key] for key in provenance.machine("cpu") if key in made}  # what tells machines apart
     return {}
 
 
